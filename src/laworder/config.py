@@ -85,10 +85,39 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | os.PathLike | None = None, **overrides: Any) -> C:
-    """Dataclass defaults <- YAML file <- keyword overrides (None values are ignored)."""
-    data = load_yaml(path) if path is not None else {}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (nested mappings merge, rest replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["loop.lr=1e-3", "model_kwargs.skip_indices=[2,1]"]`` -> nested dict (values parsed as YAML)."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Dataclass defaults <- YAML file <- nested ``overrides`` (deep-merged, so a partial
+    ``loop:`` section keeps the other defaults of the enclosing config)."""
+    data = to_dict(cls())
+    if path is not None:
+        data = deep_merge(data, load_yaml(path))
+    data = deep_merge(data, overrides or {})
     return from_dict(cls, data, where=str(path) if path else cls.__name__)
 
 

@@ -1,0 +1,270 @@
+"""``laworder`` command line: thin wrappers that parse arguments, call the API and print.
+
+Every training command takes ``--config FILE.yaml`` plus ``--set key.sub=value`` overrides
+(and a few common shortcuts such as ``--epochs``); the resolved config is saved in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from laworder.errors import LaworderError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def _common_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (dataclass defaults otherwise)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set loop.lr=3e-4 (repeatable)")
+    parser.add_argument("--output", "-o", help="run folder (loop.output_dir)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--cpu", action="store_true", default=None, help="force CPU")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --output")
+
+
+def _loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    loop = {"output_dir": args.output, "epochs": args.epochs, "max_steps": args.max_steps,
+            "batch_size": args.batch_size, "seed": args.seed, "cpu": args.cpu,
+            "resume": args.resume, "overwrite": args.overwrite}
+    if args.no_progress:
+        loop["progress"] = False
+    return {k: v for k, v in loop.items() if v is not None}
+
+
+def _build_config(cls, args: argparse.Namespace, extra: dict[str, Any]):
+    from laworder.config import deep_merge, load_config, parse_overrides
+
+    overrides = deep_merge({k: v for k, v in extra.items() if v is not None}, {"loop": _loop_overrides(args)})
+    overrides = deep_merge(overrides, parse_overrides(args.overrides))
+    return load_config(cls, args.config, overrides)
+
+
+# --- data -------------------------------------------------------------------------------
+def _data_check(args: argparse.Namespace) -> int:
+    from laworder.data.check import check_dataset
+
+    report = check_dataset(args.path, args.layout)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _data_procedural(args: argparse.Namespace) -> int:
+    from laworder.data.procedural import generate_procedural
+
+    out = generate_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed)
+    print(f"wrote {args.num_images} procedural pairs to {out}")
+    return 0
+
+
+def _data_prepare_kits19(args: argparse.Namespace) -> int:
+    from laworder.data.layouts import prepare_kits19
+
+    out = prepare_kits19(args.src, args.dst)
+    print(f"wrote KiTS19 tumour slices to {out}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
+    p = data.add_parser("check", help="report every problem in a dataset (names, sizes, masks)")
+    p.add_argument("path")
+    p.add_argument("--layout", default="auto")
+    p.set_defaults(func=_data_check)
+    p = data.add_parser("procedural", help="write the built-in procedural lesion dataset")
+    p.add_argument("out")
+    p.add_argument("--num-images", type=int, default=200)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data_procedural)
+    p = data.add_parser("prepare-kits19", help="KiTS19 NIfTI cases -> pair folder of axial tumour slices")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(func=_data_prepare_kits19)
+
+
+# --- seg --------------------------------------------------------------------------------
+def _seg_config(args: argparse.Namespace):
+    from laworder.seg.config import SegTrainConfig
+
+    return _build_config(SegTrainConfig, args, {"data": args.data, "model": args.model, "image_size": args.image_size})
+
+
+def _seg_train(args: argparse.Namespace) -> int:
+    from laworder.seg.train import train_segmenter
+
+    run = train_segmenter(_seg_config(args))
+    print(f"run folder: {run.run_dir}  (train {run.num_train}, val {run.num_val}, extra {run.num_extra}; "
+          f"best {run.fit.best_metric} at step {run.fit.best_step})")
+    return 0
+
+
+def _seg_protocol(args: argparse.Namespace) -> int:
+    from laworder.seg.protocol import format_protocol, run_protocol
+
+    result = run_protocol(_seg_config(args), seeds=args.seeds, test_data=args.test_data, subsets=args.subset)
+    print(format_protocol([result]))
+    return 0
+
+
+def _seg_evaluate(args: argparse.Namespace) -> int:
+    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, format_markdown, write_eval
+    from laworder.seg.loading import load_segmenter
+
+    model, config = load_segmenter(args.run, args.which)
+    subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
+    result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold)
+    out = write_eval(result, args.out or Path(args.run) / "eval", title=config.model)
+    print(format_markdown(result, config.model))
+    print(f"wrote {out}/eval.json and eval.md")
+    return 0
+
+
+def _seg_predict(args: argparse.Namespace) -> int:
+    from laworder.seg.loading import load_segmenter
+    from laworder.seg.predict import predict_folder
+
+    model, config = load_segmenter(args.run, args.which)
+    if args.onnx:
+        from laworder.seg.export import OnnxSegmenter
+
+        model = OnnxSegmenter(args.onnx)
+    written = predict_folder(model, args.source, args.out, config.image_size, config.channels, config.threshold,
+                             write_overlays=not args.no_overlays)
+    print(f"wrote {len(written)} masks to {Path(args.out) / 'masks'}")
+    return 0
+
+
+def _seg_export(args: argparse.Namespace) -> int:
+    from laworder.seg.export import export_onnx
+    from laworder.seg.loading import load_segmenter
+
+    model, config = load_segmenter(args.run, args.which)
+    report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels)
+    print(f"wrote {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+    return 0
+
+
+def _seg_profile(args: argparse.Namespace) -> int:
+    from laworder.seg.profile import format_table, profile_models, rows_to_json
+
+    rows = profile_models(args.models, image_size=args.image_size, batch_size=args.batch_size,
+                          device=args.device, repeats=args.repeats, onnx=args.onnx)
+    print(format_table(rows))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows_to_json(rows), indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _seg_list(args: argparse.Namespace) -> int:
+    from laworder.models.registry import MODELS
+
+    for name, doc in MODELS.describe().items():
+        print(f"{name:16s} {doc}")
+    return 0
+
+
+def _add_seg(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser("seg", help="segmentation: train, protocol, evaluate, predict, profile, export").add_subparsers(dest="action", required=True)
+    for name, func, helptext in (("train", _seg_train, "train one segmenter (paper Table 12 recipe by default)"),
+                                 ("protocol", _seg_protocol, "5-seed protocol: train + test per seed, mean ± std")):
+        p = seg.add_parser(name, help=helptext)
+        _common_run_options(p)
+        p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
+        p.add_argument("--model", help="registered model name (laworder seg list)")
+        p.add_argument("--image-size", type=int)
+        if name == "protocol":
+            p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+            p.add_argument("--test-data", help="dataset whose test subsets are scored (default: --data)")
+            p.add_argument("--subset", nargs="+", help="only these test subsets")
+        p.set_defaults(func=func)
+    p = seg.add_parser("evaluate", help="Dice/IoU per image, per subset and over subsets")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="dataset to score (default: the run's dataset test subsets)")
+    p.add_argument("--subset", nargs="+")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--out")
+    p.set_defaults(func=_seg_evaluate)
+    p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images")
+    p.add_argument("run", help="run folder")
+    p.add_argument("source", help="image folder, pair folder or one image")
+    p.add_argument("out")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--onnx", help="run this exported .onnx model with onnxruntime instead of PyTorch")
+    p.add_argument("--no-overlays", action="store_true")
+    p.set_defaults(func=_seg_predict)
+    p = seg.add_parser("export", help="export to ONNX and check onnxruntime parity")
+    p.add_argument("run")
+    p.add_argument("out", help="path of the .onnx file")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--image-size", type=int)
+    p.set_defaults(func=_seg_export)
+    p = seg.add_parser("profile", help="Table 9: params, FLOPs (two conventions), latency, memory")
+    p.add_argument("--models", nargs="+", help="default: every registered model")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--onnx", action="store_true", help="also time the onnxruntime export")
+    p.add_argument("--out", help="write the rows as JSON here")
+    p.set_defaults(func=_seg_profile)
+    p = seg.add_parser("list", help="registered segmenters")
+    p.set_defaults(func=_seg_list)
+
+
+# --- registration -----------------------------------------------------------------------
+CORE_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_seg]
+# Stages that live in their own packages contribute ``add_commands(subparsers)``.
+STAGE_CLI_MODULES = ("laworder.synth.cli", "laworder.experiments.cli")
+
+
+def _stage_builders() -> list[Callable[[argparse._SubParsersAction], None]]:
+    builders = []
+    for module_name in STAGE_CLI_MODULES:
+        try:
+            module = __import__(module_name, fromlist=["add_commands"])
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        builders.append(module.add_commands)
+    return builders
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from laworder import __version__
+
+    parser = argparse.ArgumentParser(prog="laworder", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"laworder {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for builder in CORE_BUILDERS + _stage_builders():
+        builder(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LaworderError as err:
+        print(f"laworder: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``laworder seg evaluate``: per-image Dice/IoU, mean per subset and over subsets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from laworder.data.dataset import PairDataset
+from laworder.data.layouts import load_dataset
+from laworder.data.records import PairRecord
+from laworder.errors import DataError
+from laworder.metrics.overlap import dice_iou_per_image
+
+
+@dataclass
+class EvalResult:
+    """Per-image scores and their summaries (Dice/IoU as fractions in [0, 1])."""
+
+    per_image: dict[str, list[dict]] = field(default_factory=dict)  # subset -> [{stem, dice, iou}]
+    subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # subset -> {dice, iou, n}
+    mean: dict[str, float] = field(default_factory=dict)  # mean over subsets (each subset weighs 1)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``B×C×H×W`` in [0,1] -> foreground probability ``B×1×H×W``."""
+    return torch.sigmoid(model(images))
+
+
+@torch.no_grad()
+def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], image_size: int,
+                     channels: int = 3, threshold: float = 0.5, batch_size: int = 16,
+                     device: str | torch.device = "cpu") -> EvalResult:
+    """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest)."""
+    if not subsets or not any(subsets.values()):
+        raise DataError("nothing to evaluate: the dataset has no test subsets (give --subset or a pair folder)")
+    model = model.to(device).eval()
+    result = EvalResult()
+    for subset, records in subsets.items():
+        if not records:
+            continue
+        loader = DataLoader(PairDataset(records, image_size, channels), batch_size=batch_size, shuffle=False)
+        rows = []
+        for batch in loader:
+            probs = predict_probabilities(model, batch["image"].to(device))
+            dice, iou = dice_iou_per_image(probs >= threshold, batch["mask"].to(device) > 0.5)
+            for index, d, i in zip(batch["index"].tolist(), dice.tolist(), iou.tolist()):
+                rows.append({"stem": records[index].stem, "dice": d, "iou": i})
+        result.per_image[subset] = rows
+        result.subsets[subset] = {
+            "dice": sum(r["dice"] for r in rows) / len(rows),
+            "iou": sum(r["iou"] for r in rows) / len(rows),
+            "n": len(rows),
+        }
+    result.mean = {
+        "dice": sum(s["dice"] for s in result.subsets.values()) / len(result.subsets),
+        "iou": sum(s["iou"] for s in result.subsets.values()) / len(result.subsets),
+    }
+    return result
+
+
+def evaluation_subsets(data: str, layout: str = "auto", subsets: Iterable[str] | None = None) -> dict[str, list[PairRecord]]:
+    """The test subsets of a dataset; a plain pair folder is one subset named after it."""
+    collection = load_dataset(data, layout)
+    chosen = collection.test if collection.test else {collection.name: collection.train}
+    if subsets:
+        missing = sorted(set(subsets) - set(chosen))
+        if missing:
+            raise DataError(f"unknown test subset(s) {missing}; this dataset has {sorted(chosen)}")
+        chosen = {k: chosen[k] for k in subsets}
+    return chosen
+
+
+def format_markdown(result: EvalResult, title: str = "") -> str:
+    """Table in the paper's layout (Table 8): Dice/IoU per subset, then the mean, in percent."""
+    names = list(result.subsets)
+    head = ["Model"] + [f"{n} {m}" for n in names for m in ("Dice", "IoU")] + ["Mean Dice", "Mean IoU"]
+    row = [title or "model"] + [f"{100 * result.subsets[n][m]:.1f}" for n in names for m in ("dice", "iou")]
+    row += [f"{100 * result.mean['dice']:.1f}", f"{100 * result.mean['iou']:.1f}"]
+    return "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
+
+
+def write_eval(result: EvalResult, out_dir: str | Path, title: str = "") -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result.to_json(), indent=2))
+    (out_dir / "eval.md").write_text(format_markdown(result, title))
+    return out_dir

@@ -1,0 +1,34 @@
+"""Load a trained segmenter back from its run folder (config.yaml + safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from laworder.config import from_dict, load_yaml
+from laworder.errors import MissingWeightsError
+from laworder.models import create_model
+from laworder.seg.config import SegTrainConfig
+from laworder.training.checkpoint import load_weights
+
+
+def load_run_config(run_dir: str | Path) -> SegTrainConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MissingWeightsError(f"{run_dir} is not a segmentation run folder: {path} is missing")
+    return from_dict(SegTrainConfig, load_yaml(path), where=str(path))
+
+
+def load_segmenter(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, SegTrainConfig]:
+    """Model in eval mode with the ``best`` (falls back to ``last``) or ``last`` weights."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    candidates = [which] + (["last"] if which == "best" else [])
+    for name in candidates:
+        weights = run_dir / "model" / name / "model.safetensors"
+        if weights.is_file():
+            model = create_model(config.model, in_channels=config.channels, **config.model_kwargs)
+            load_weights(model, weights)
+            return model.eval(), config
+    raise MissingWeightsError(f"no weights in {run_dir}/model/{{{','.join(candidates)}}}/model.safetensors; did training finish?")

@@ -1,0 +1,94 @@
+"""``laworder seg protocol``: the paper's 5-seed protocol (§4.2.2).
+
+For each seed: a fresh 90/10 train/val split of the training pool, training with
+best-validation checkpointing, then evaluation of the best weights on every test subset;
+reported as mean ± std (sample std, ddof=1) over seeds of the mean-over-subsets scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from laworder.metrics.overlap import mean_std
+from laworder.seg.config import SegTrainConfig
+from laworder.seg.evaluate import EvalResult, evaluate_records, evaluation_subsets, write_eval
+from laworder.seg.loading import load_segmenter
+from laworder.seg.train import train_segmenter
+
+
+@dataclass
+class ProtocolResult:
+    model: str
+    seeds: list[int]
+    per_seed: list[dict] = field(default_factory=list)  # {seed, subsets, mean}
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> {mean, std}
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "seeds": self.seeds, "per_seed": self.per_seed, "summary": self.summary}
+
+
+def summarise(model: str, seeds: list[int], evals: list[EvalResult]) -> ProtocolResult:
+    result = ProtocolResult(model, seeds)
+    for seed, ev in zip(seeds, evals):
+        result.per_seed.append({"seed": seed, "subsets": ev.subsets, "mean": ev.mean})
+    keys = {f"{subset}/{metric}" for ev in evals for subset in ev.subsets for metric in ("dice", "iou")}
+    for key in sorted(keys):
+        subset, metric = key.split("/")
+        values = [ev.subsets[subset][metric] for ev in evals if subset in ev.subsets]
+        m, s = mean_std(values)
+        result.summary[key] = {"mean": m, "std": s}
+    for metric in ("dice", "iou"):
+        m, s = mean_std([ev.mean[metric] for ev in evals])
+        result.summary[f"mean/{metric}"] = {"mean": m, "std": s}
+    return result
+
+
+def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0, 1, 2, 3, 4),
+                 test_data: str | None = None, subsets: list[str] | None = None) -> ProtocolResult:
+    """Train/evaluate one model over ``seeds``; each seed's run lives in ``<output_dir>/seed<k>``.
+
+    Runs already finished are reused when ``loop.resume`` is set, so a killed protocol
+    continues where it stopped.
+    """
+    root = Path(config.loop.output_dir)
+    test_sets = evaluation_subsets(test_data or config.data, "auto" if test_data else config.layout, subsets)
+    evals = []
+    for seed in seeds:
+        seed_config = copy.deepcopy(config)
+        seed_config.loop.seed = seed
+        seed_config.split_seed = seed
+        seed_config.loop.output_dir = str(root / f"seed{seed}")
+        run_json = Path(seed_config.loop.output_dir) / "run.json"
+        if not (config.loop.resume and run_json.is_file() and _finished(run_json)):
+            train_segmenter(seed_config)
+        model, _ = load_segmenter(seed_config.loop.output_dir, "best")
+        ev = evaluate_records(model, test_sets, config.image_size, config.channels, config.threshold)
+        write_eval(ev, seed_config.loop.output_dir, f"{config.model} seed {seed}")
+        evals.append(ev)
+    result = summarise(config.model, list(seeds), evals)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "protocol.json").write_text(json.dumps(result.to_json(), indent=2))
+    (root / "protocol.md").write_text(format_protocol([result]))
+    return result
+
+
+def _finished(run_json: Path) -> bool:
+    state = json.loads(run_json.read_text())
+    return state.get("global_step", 0) >= state.get("total_steps", 1)
+
+
+def format_protocol(results: list[ProtocolResult]) -> str:
+    """Paper Table 8 layout: per-subset Dice/IoU and the mean over subsets, mean ± std in %."""
+    subsets = sorted({k.split("/")[0] for r in results for k in r.summary if not k.startswith("mean/")})
+    head = ["Method"] + [f"{s} {m}" for s in subsets for m in ("Dice", "IoU")] + ["Mean Dice", "Mean IoU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.model]
+        for key in [f"{s}/{m}" for s in subsets for m in ("dice", "iou")] + ["mean/dice", "mean/iou"]:
+            v = r.summary.get(key)
+            cells.append(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""Segmentation as a ``TrainTask`` for the shared training core."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from laworder.data.transforms import augment_batch
+from laworder.metrics.overlap import dice_iou_per_image
+from laworder.seg.config import AugmentConfig
+from laworder.seg.losses import bce_dice_loss
+from laworder.training.task import StepOutput, TrainTask
+
+
+class SegTask(TrainTask):
+    """images ``B×C×H×W`` in [0,1], masks ``B×1×H×W`` -> BCE+Dice on the model's logits."""
+
+    def __init__(self, model: nn.Module, augment: AugmentConfig, bce_weight: float = 1.0,
+                 dice_weight: float = 1.0, threshold: float = 0.5):
+        self.modules = {"model": model}
+        self.augment = augment
+        self.loss_fn = bce_dice_loss(bce_weight, dice_weight)
+        self.threshold = threshold
+
+    def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
+        images, masks = augment_batch(
+            batch["image"], batch["mask"], generator,
+            hflip=self.augment.hflip, vflip=self.augment.vflip, rotate_degrees=self.augment.rotate_degrees,
+        )
+        logits = self.modules["model"](images)
+        loss = self.loss_fn(logits, masks)
+        return StepOutput(loss=loss)
+
+    def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
+        model = self.unwrapped("model")
+        dices, ious, losses = [], [], []
+        for batch in loader:
+            logits = model(batch["image"])
+            losses.append(float(self.loss_fn(logits, batch["mask"])) * len(logits))
+            pred = torch.sigmoid(logits) >= self.threshold
+            dice, iou = dice_iou_per_image(pred, batch["mask"] > 0.5)
+            dices.append(dice.cpu())
+            ious.append(iou.cpu())
+        dice_all, iou_all = torch.cat(dices), torch.cat(ious)
+        return {"val_dice": float(dice_all.mean()), "val_iou": float(iou_all.mean()),
+                "val_loss": sum(losses) / len(dice_all)}

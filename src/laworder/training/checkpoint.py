@@ -1,0 +1,148 @@
+"""Atomic checkpoints: weights as safetensors, the rest loadable with ``weights_only=True``.
+
+Layout of one checkpoint folder ``checkpoints/step_00001234/``::
+
+    <module>.safetensors        trainable weights (unwrapped)
+    <module>.ema.safetensors    EMA weights, when EMA is on
+    optimizer.pt scheduler.pt   state dicts (tensors and plain Python values only)
+    rng.pt                      torch / numpy / python RNG states
+    trainer_state.json          epoch, batch within epoch, global step, best metric (written last)
+
+A folder is written under a temporary name and renamed into place, so a killed run leaves
+either a complete checkpoint or none; ``latest_checkpoint`` ignores incomplete folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step_"
+
+
+def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
+    """State dict -> safetensors (tensors copied to CPU and made contiguous)."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    tmp = Path(str(path) + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """safetensors -> module (in place); a clear error names the file when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        from laworder.errors import MissingWeightsError
+
+        raise MissingWeightsError(f"weights file not found: {path}")
+    state = load_file(str(path))
+    module.load_state_dict(state, strict=strict)
+    return module
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_meta": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    meta = state["numpy_meta"]
+    np.random.set_state((meta[0], state["numpy_keys"].numpy().astype(np.uint32), meta[1], meta[2], meta[3]))
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+
+
+def write_checkpoint(
+    root: Path,
+    step: int,
+    weights: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    keep: int = 1,
+) -> Path:
+    """Write ``root/step_<step>`` atomically and prune older ones beyond ``keep``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, module in weights.items():
+        save_weights(module, tmp / f"{name}.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    with open(tmp / STATE_FILE, "w") as fh:
+        json.dump(trainer_state, fh, indent=2)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def read_checkpoint(
+    folder: Path,
+    weights: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restore everything written by ``write_checkpoint``; returns the trainer state."""
+    for name, module in weights.items():
+        load_weights(module, folder / f"{name}.safetensors")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    with open(folder / STATE_FILE) as fh:
+        return json.load(fh)
+
+
+def write_weights_folder(folder: Path, weights: dict[str, nn.Module], meta: dict[str, Any]) -> Path:
+    """Write a self-contained weights folder (``best/``, ``last/``) atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, module in weights.items():
+        save_weights(module, tmp / f"{name}.safetensors")
+    with open(tmp / "meta.json", "w") as fh:
+        json.dump(meta, fh, indent=2)
+    old = folder.parent / f".old-{folder.name}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder

@@ -1,0 +1,308 @@
+"""The one training loop: accelerate, tqdm, atomic checkpoints, exact resume, NaN guard.
+
+Both segmentation and diffusion training run through ``fit``; a task only says what one
+step and one validation pass do (see ``laworder.training.task``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from laworder.config import save_config, to_dict
+from laworder.errors import NonFiniteLossError, RunDirError
+from laworder.training import checkpoint as ckpt
+from laworder.training.config import LoopConfig
+from laworder.training.optim import OPTIMIZERS, SCHEDULERS
+from laworder.training.sampling import EpochBatchSampler, step_generator
+from laworder.training.task import TrainTask
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.yaml", "run.json", "snapshots")
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    global_step: int
+    epoch: int
+    best_metric: float | None
+    best_step: int | None
+    last_logs: dict[str, float]
+    seconds: float
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not (resume or overwrite):
+        raise RunDirError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    if overwrite and not resume:
+        for name in existing:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _truncate_log(path: Path, after_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint so curves have no duplicates."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _make_accelerator(config: LoopConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def fit(
+    task: TrainTask,
+    train_dataset: Dataset,
+    config: LoopConfig,
+    val_dataset: Dataset | None = None,
+    run_config: Any = None,
+) -> FitResult:
+    """Train ``task`` on ``train_dataset`` according to ``config``.
+
+    ``run_config`` (a dataclass) is written to ``<output_dir>/config.yaml``; default: ``config``.
+    Weights land in ``<output_dir>/model/{last,best}/<module>.safetensors``; resumable state in
+    ``<output_dir>/checkpoints/``. Raises ``NonFiniteLossError`` on a NaN/inf loss without
+    touching the last good checkpoint, and ``RunDirError`` when the folder holds another run.
+    """
+    started = time.time()
+    accelerator = _make_accelerator(config)
+    run_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, config.resume, config.overwrite)
+        save_config(run_config if run_config is not None else config, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    task.accelerator = accelerator
+    for module in task.frozen_modules().values():
+        module.to(accelerator.device)
+    names = list(task.modules)
+    prepared = accelerator.prepare(*[task.modules[n] for n in names])
+    prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+    task.modules = dict(zip(names, prepared))
+
+    optimizer = OPTIMIZERS.create(
+        config.optimizer, params=list(task.optimizer_parameters()), lr=config.lr,
+        weight_decay=config.weight_decay, **config.optimizer_kwargs,
+    )
+    sampler = EpochBatchSampler(
+        len(train_dataset), config.batch_size, config.seed,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )
+    steps_per_epoch = sampler.batches_per_epoch()
+    total_steps = config.max_steps if config.max_steps is not None else config.epochs * steps_per_epoch
+    total_epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = SCHEDULERS.create(
+        config.scheduler, optimizer=optimizer, total_steps=total_steps,
+        min_lr=config.min_lr, warmup_steps=config.warmup_steps,
+    )
+    # The optimizer and scheduler stay unwrapped: one step per batch, no accumulation, so
+    # accelerate's wrappers would add nothing but another state format to save.
+    ema = _make_ema(task, config)
+
+    state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None}
+    checkpoint_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    if config.resume:
+        found = ckpt.latest_checkpoint(checkpoint_root)
+        if found is not None:
+            state.update(ckpt.read_checkpoint(found, _weights(task, ema), optimizer, scheduler))
+            if accelerator.is_main_process:
+                _truncate_log(metrics_path, state["global_step"])
+                logger.info("resumed from %s (step %d)", found, state["global_step"])
+        elif accelerator.is_main_process:
+            logger.warning("--resume given but no checkpoint in %s: starting from scratch", checkpoint_root)
+
+    loader_kwargs = dict(num_workers=config.num_workers, persistent_workers=False)
+    progress = None
+    if config.progress and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {run_dir.name}", dynamic_ncols=True)
+
+    def checkpoint_now() -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.write_checkpoint(checkpoint_root, state["global_step"], _weights(task, ema), optimizer, scheduler, dict(state), keep=config.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    running: dict[str, float] = {}
+    running_count = 0
+    last_logs: dict[str, float] = {}
+    for module in task.modules.values():
+        module.train()
+    while state["global_step"] < total_steps and state["epoch"] < total_epochs:
+        sampler.set_epoch(state["epoch"], start_batch=state["batch_in_epoch"])
+        loader = DataLoader(train_dataset, batch_sampler=sampler, **loader_kwargs)
+        for batch in loader:
+            step = state["global_step"]
+            batch = _to_device(batch, accelerator.device)
+            generator = step_generator(config.seed, step, accelerator.process_index)
+            with accelerator.autocast():
+                output = task.training_step(batch, generator)
+            loss_all = accelerator.gather(output.loss.detach().float().reshape(1))
+            if not torch.isfinite(loss_all).all():
+                last = ckpt.latest_checkpoint(checkpoint_root)
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss_all.tolist()} at step {step} (epoch {state['epoch']}, "
+                    f"batch {state['batch_in_epoch']}); training stopped. Last good checkpoint: "
+                    f"{last if last else 'none written yet'}. Lower the learning rate, set grad_clip, "
+                    "or check the data (`laworder data check`)."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(output.loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_(list(task.optimizer_parameters()), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                for name, averaged in ema.items():
+                    averaged.update_parameters(task.unwrapped(name))
+            state["global_step"] += 1
+            state["batch_in_epoch"] += 1
+
+            running["loss"] = running.get("loss", 0.0) + float(loss_all.mean())
+            for key, value in output.logs.items():
+                running[key] = running.get(key, 0.0) + float(value)
+            running_count += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{float(loss_all.mean()):.4f}", epoch=state["epoch"])
+            at_end = state["global_step"] >= total_steps
+            if state["global_step"] % max(1, config.log_every) == 0 or at_end:
+                last_logs = {k: v / running_count for k, v in running.items()}
+                _append_log(accelerator, metrics_path, {
+                    "step": state["global_step"], "epoch": state["epoch"],
+                    "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started,
+                })
+                running, running_count = {}, 0
+            if config.snapshot_every and state["global_step"] % config.snapshot_every == 0 and accelerator.is_main_process:
+                task.on_log(state["global_step"], run_dir, batch)
+            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and not at_end:
+                checkpoint_now()
+            if at_end:
+                break
+        epoch_done = state["batch_in_epoch"] >= steps_per_epoch
+        if epoch_done:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+        if val_dataset is not None and (epoch_done and state["epoch"] % max(1, config.val_every) == 0 or state["global_step"] >= total_steps):
+            _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema)
+        if not config.checkpoint_every or state["global_step"] >= total_steps:
+            checkpoint_now()
+    if progress is not None:
+        progress.close()
+
+    if accelerator.is_main_process:
+        ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {"step": state["global_step"], "epoch": state["epoch"]})
+        with open(run_dir / "run.json", "w") as fh:
+            json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                       "num_processes": accelerator.num_processes,
+                       "effective_batch_size": config.batch_size * accelerator.num_processes,
+                       "device": str(accelerator.device), "seconds": time.time() - started}, fh, indent=2)
+    accelerator.wait_for_everyone()
+    return FitResult(run_dir, state["global_step"], state["epoch"], state["best_metric"], state["best_step"], last_logs, time.time() - started)
+
+
+def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema) -> None:
+    loader = DataLoader(val_dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    for module in task.modules.values():
+        module.eval()
+    with torch.no_grad():
+        metrics = task.validate(_DeviceLoader(loader, accelerator.device))
+    for module in task.modules.values():
+        module.train()
+    if not metrics:
+        return
+    _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **metrics})
+    if config.monitor:
+        if config.monitor not in metrics:
+            raise KeyError(f"monitor {config.monitor!r} not among validation metrics {sorted(metrics)}")
+        value = float(metrics[config.monitor])
+        if _improved(value, state["best_metric"], config.monitor_mode):
+            state["best_metric"], state["best_step"] = value, state["global_step"]
+            if accelerator.is_main_process:
+                ckpt.write_weights_folder(run_dir / "model" / "best", _export_weights(task, ema), {
+                    "step": state["global_step"], "epoch": state["epoch"], config.monitor: value})
+
+
+class _DeviceLoader:
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield _to_device(batch, self.device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def _append_log(accelerator, path: Path, record: dict[str, Any]) -> None:
+    if accelerator.is_main_process:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _make_ema(task: TrainTask, config: LoopConfig):
+    if config.ema_decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return {name: AveragedModel(task.unwrapped(name), multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+            for name in task.modules}
+
+
+def _weights(task: TrainTask, ema) -> dict[str, torch.nn.Module]:
+    """Everything whose state must survive a resume."""
+    weights = {name: task.unwrapped(name) for name in task.modules}
+    for name, averaged in (ema or {}).items():
+        weights[f"{name}.ema"] = averaged
+    return weights
+
+
+def _export_weights(task: TrainTask, ema) -> dict[str, torch.nn.Module]:
+    """What users load: the EMA weights when EMA is on (under the plain module names)."""
+    if ema:
+        return {name: averaged.module for name, averaged in ema.items()}
+    return {name: task.unwrapped(name) for name in task.modules}
+
+
+def describe(config: LoopConfig) -> dict[str, Any]:
+    return to_dict(config)
