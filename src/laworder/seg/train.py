@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate.utils import set_seed
+from torch import nn
 from torch.utils.data import ConcatDataset
 
 from laworder.data.check import ensure_valid
@@ -33,6 +34,7 @@ class SegRun:
     num_train: int
     num_val: int
     num_extra: int
+    model: nn.Module  # the trained network (last step, unwrapped, on the training device)
 
 
 def _extra_records(config: SegTrainConfig) -> list[PairRecord]:
@@ -81,4 +83,4 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
             "dataset": collection.name, "layout": collection.layout,
             "num_train": len(train_records), "num_val": len(val_records), "num_extra": len(extra),
             "test_subsets": {k: len(v) for k, v in collection.test.items()}}, indent=2))
-    return SegRun(run_dir, result, len(train_records), len(val_records), len(extra))
+    return SegRun(run_dir, result, len(train_records), len(val_records), len(extra), task.unwrapped("model"))

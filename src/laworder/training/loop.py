@@ -157,6 +157,7 @@ def fit(
         progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {run_dir.name}", dynamic_ncols=True)
 
     def checkpoint_now() -> None:
+        _sync_buffers(task, accelerator)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.write_checkpoint(checkpoint_root, state["global_step"], _weights(task, ema), optimizer, scheduler, dict(state), keep=config.keep_checkpoints)
@@ -228,6 +229,7 @@ def fit(
             checkpoint_now()
     if progress is not None:
         progress.close()
+    _sync_buffers(task, accelerator)
 
     if accelerator.is_main_process:
         ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {"step": state["global_step"], "epoch": state["epoch"]})
@@ -240,7 +242,23 @@ def fit(
     return FitResult(run_dir, state["global_step"], state["epoch"], state["best_metric"], state["best_step"], last_logs, time.time() - started)
 
 
+def _sync_buffers(task: TrainTask, accelerator) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over processes.
+
+    DDP keeps parameters identical but each rank updates its BN statistics from its own
+    shard; like timm's ``distribute_bn(reduce=True)`` we average them before anything is
+    validated or saved, so every rank holds the same model.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for name in task.modules:
+        for buffer in task.unwrapped(name).buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
+
+
 def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema) -> None:
+    _sync_buffers(task, accelerator)
     loader = DataLoader(val_dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
     for module in task.modules.values():
         module.eval()

@@ -1,0 +1,78 @@
+"""PNG figures with matplotlib (Agg): training curves and qualitative grids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_training_curves(runs: dict[str, str | Path], out: str | Path, keys: Sequence[str] = ("loss", "val_dice")) -> Path:
+    """One panel per key, one line per run (label -> run folder)."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, run_dir in runs.items():
+            records = [r for r in read_metrics(run_dir) if key in r]
+            if records:
+                ax.plot([r["step"] for r in records], [r[key] for r in records], label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, color=(1.0, 0.25, 0.0), alpha=0.45) -> np.ndarray:
+    out = image.copy()
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.array(color)
+    return out
+
+
+def plot_qualitative_grid(images: np.ndarray, masks: np.ndarray, predictions: dict[str, np.ndarray],
+                          out: str | Path, titles: Sequence[str] | None = None) -> Path:
+    """Rows = samples; columns = image, ground truth, each model's prediction, overlay of the last.
+
+    ``images``: ``N×H×W×3`` float in [0,1]; ``masks`` and each prediction: ``N×H×W`` bool.
+    """
+    names = list(predictions)
+    cols = 2 + len(names) + 1
+    n = len(images)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    headers = ["image", "mask"] + names + [f"overlay ({names[-1]})" if names else "overlay"]
+    for row in range(n):
+        panels = [images[row], masks[row]] + [predictions[k][row] for k in names]
+        last = predictions[names[-1]][row] if names else masks[row]
+        panels.append(_overlay(images[row], last))
+        for col, panel in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(headers[col], fontsize=8)
+        if titles:
+            axes[row][0].set_ylabel(titles[row], fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
