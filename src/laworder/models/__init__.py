@@ -1,1 +1,11 @@
-"""laworder.models"""
+"""laworder.models: segmenters behind one registry, plus parameter/FLOP counting.
+
+``create_model("order", in_channels=3, num_classes=1)`` builds any registered segmenter;
+``list_models()`` names them. Importing this package imports every model module so that each
+``@register_model`` runs.
+"""
+
+from laworder.models.registry import MODELS, create_model, list_models, register_model
+from laworder.models import ege_unet, mk_unet, order  # noqa: F401  (registers the models)
+
+__all__ = ["MODELS", "create_model", "list_models", "register_model"]

@@ -1,0 +1,219 @@
+"""The one image / mask loader.
+
+Every image and mask in laworder is read and written here, so every dataset quirk is handled
+once: grayscale or RGBA images, 16-bit files, JPEG-noisy 3-channel masks (Kvasir-SEG), 0/1 and
+palette masks. Every failure raises :class:`~laworder.errors.DataError` naming the file.
+
+Mask rule (``read_mask``): the mask is reduced to 8-bit "levels" and thresholded at ``>= 128``.
+
+* 8-bit grayscale: the pixel value. A mask whose maximum is <= 1 is a 0/1 mask (foreground 1).
+* palette (``P``): palette index > 0 is lesion (index 0 is background).
+* RGB / RGBA: the maximum over the colour channels, not the luma: a pure red lesion on black has
+  luma 76 and would vanish. For grey JPEG-noisy masks (Kvasir-SEG) both agree.
+* 16-bit / 32-bit integer: scaled from 0..65535 when the maximum exceeds 255.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from laworder.errors import DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LOSSLESS_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
+MASK_THRESHOLD = 128
+
+# PIL modes holding more than 8 bits per pixel in one channel.
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a non-hidden file name ending in one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
+    """Open ``path`` with Pillow; ``decode=True`` forces a full decode so truncation shows now.
+
+    Raises:
+        DataError: the file is missing, not an image, truncated or otherwise unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        image = Image.open(path)
+        if decode:
+            image.load()
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports truncation as OSError("image file is truncated ..."), a broken PNG as
+        # SyntaxError, and an unknown format as UnidentifiedImageError (an OSError).
+        raise DataError(f"{path}: unreadable or truncated image file ({exc})") from exc
+    return image
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Min-max stretch of >8-bit data to 0..255 per image (a constant image becomes 0)."""
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _decode(path: str | os.PathLike, convert: Callable[[Image.Image], np.ndarray], what: str) -> np.ndarray:
+    """Open, fully decode and ``convert`` a file; conversion failures become a DataError too."""
+    with open_image(path) as image:
+        try:
+            return convert(image)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot convert {what} mode {image.mode!r} ({exc})") from exc
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """Read an image as ``uint8`` ``H×W×channels``.
+
+    Args:
+        path: an image file (see :data:`IMAGE_EXTENSIONS`).
+        channels: 3 (RGB; grayscale is repeated, alpha dropped, palette/CMYK converted) or
+            1 (grayscale; RGB converted with Pillow's ITU-R 601-2 luma).
+
+    16-bit and float images are min-max stretched to 0..255 per image: a fixed /257 would leave
+    a 12-bit scan with 16 grey levels.
+
+    Raises:
+        DataError: missing, unreadable or truncated file, or an unsupported pixel mode.
+        ValueError: ``channels`` is not 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+
+    def convert(image: Image.Image) -> np.ndarray:
+        if image.mode in _WIDE_MODES:
+            gray = _stretch_to_uint8(np.asarray(image))[..., None]
+            return gray if channels == 1 else np.repeat(gray, 3, axis=2)
+        pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy
+        return pixels[..., None] if channels == 1 else pixels
+
+    return _decode(path, convert, "image")
+
+
+def _mask_raw(image: Image.Image) -> np.ndarray:
+    """One 2-D channel whose large values mean lesion (see the module docstring)."""
+    if image.mode in ("P", "PA"):
+        index = np.asarray(image)
+        index = index[..., 0] if index.ndim == 3 else index
+        return (index > 0).astype(np.uint8) * 255
+    if image.mode == "1":
+        return np.asarray(image, dtype=bool).astype(np.uint8) * 255
+    if image.mode in ("L", "LA"):
+        return np.asarray(image.getchannel(0))
+    if image.mode in _WIDE_MODES:
+        return np.asarray(image)
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def mask_levels(path: str | os.PathLike) -> np.ndarray:
+    """A mask file as ``uint8`` ``H×W`` levels (0 = background, 255 = lesion), before thresholding.
+
+    ``read_mask`` thresholds these at 128; ``laworder.data.check`` uses them to tell a mask from
+    a photo. See the module docstring for how each file kind maps to levels.
+
+    Raises:
+        DataError: missing, unreadable or truncated file, or an unsupported pixel mode.
+    """
+    return _normalise_levels(_decode(path, _mask_raw, "mask"))
+
+
+def _normalise_levels(raw: np.ndarray) -> np.ndarray:
+    peak = float(raw.max()) if raw.size else 0.0
+    if peak <= 1:  # a 0/1 mask (any dtype): foreground is 1
+        return (raw >= (0.5 if raw.dtype.kind == "f" else 1)).astype(np.uint8) * 255
+    if raw.dtype == np.uint8:
+        return np.array(raw)  # a writable copy
+    if raw.dtype.kind in "iu" and peak > 255:  # 16-bit / 32-bit integer mask
+        return np.clip(np.round(raw.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return np.clip(np.round(raw.astype(np.float64)), 0, 255).astype(np.uint8)
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask as a ``bool`` ``H×W`` array: ``mask_levels(path) >= 128``.
+
+    Accepts 0/255, 0/1, palette, RGB and JPEG-noisy masks (see the module docstring).
+
+    Raises:
+        DataError: missing, unreadable or truncated file, or an unsupported pixel mode.
+    """
+    return mask_levels(path) >= MASK_THRESHOLD
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path}: unsupported extension {suffix!r}; use one of {list(IMAGE_EXTENSIONS)}")
+    options = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
+    try:
+        image.save(path, **options)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write image ({exc})") from exc
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``H×W``, ``H×W×1``, ``H×W×3`` or ``H×W×4`` pixels; format from the extension.
+
+    ``uint8`` arrays are written as they are; float arrays must lie in [0, 1] and are scaled to
+    0..255 (rounded). JPEG is written at quality 95. Parent folders are created.
+
+    Raises:
+        ValueError: wrong shape, dtype or value range.
+        DataError: unsupported extension or the file cannot be written.
+    """
+    pixels = np.asarray(array)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (3, 4))):
+        raise ValueError(f"image array must be H×W, H×W×1, H×W×3 or H×W×4, got shape {pixels.shape}")
+    if pixels.dtype.kind == "f":
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        if not (0.0 <= low and high <= 1.0):
+            raise ValueError(f"float image must lie in [0, 1], got range [{low}, {high}] for {path}")
+        pixels = np.round(pixels * 255.0).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8 or float in [0, 1], got dtype {pixels.dtype}")
+    _save(Image.fromarray(np.ascontiguousarray(pixels)), Path(path))
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a binary ``H×W`` mask as an 8-bit 0/255 file (lossless formats only: PNG advised).
+
+    ``mask`` is a bool array, or a numeric one holding only 0 and 1.
+
+    Raises:
+        ValueError: wrong shape or values other than 0/1.
+        DataError: a lossy (JPEG) or unknown extension, or the file cannot be written.
+    """
+    path = Path(path)
+    values = np.asarray(mask)
+    if values.ndim == 3 and values.shape[2] == 1:
+        values = values[..., 0]
+    if values.ndim != 2:
+        raise ValueError(f"mask must be H×W, got shape {values.shape} for {path}")
+    if values.dtype != bool:
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"mask must be bool or hold only 0/1, got values {np.unique(values)[:8]} for {path}")
+        values = values.astype(bool)
+    if path.suffix.lower() not in LOSSLESS_EXTENSIONS:
+        raise DataError(f"{path}: masks must be written losslessly; use one of {list(LOSSLESS_EXTENSIONS)}")
+    _save(Image.fromarray(values.astype(np.uint8) * 255), path)
