@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# This file is named like the standard library's ``profile``; keep bench/ off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def interleaved_latency_ratio(a: str, b: str, image_size: int, rounds: int, device: str) -> dict:

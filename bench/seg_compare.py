@@ -29,11 +29,16 @@ def parse(default_data: str, name: str) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / name))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads; 1 keeps two benchmarks on 2 cores from thrashing")
     return parser.parse_args()
 
 
 def run(args: argparse.Namespace, name: str) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    torch.set_num_threads(args.threads)
     from laworder.seg.config import SegTrainConfig
     from laworder.seg.protocol import format_protocol, run_protocol
     from laworder.training import LoopConfig
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace, name: str) -> dict:
     payload = {
         "command": command,
         "protocol": {"seeds": args.seeds, "epochs": args.epochs, "image_size": args.image_size,
-                     "batch_size": args.batch_size, "lr": args.lr, "optimizer": "AdEMAMix (alpha=2, decoupled wd 1e-4)",
+                     "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "optimizer": "AdEMAMix (alpha=2, decoupled wd 1e-4)",
                      "schedule": "cosine to 1e-6", "val_fraction": 0.1, "augment": "h/v flips, rotation ±90°",
                      "paper_protocol": "256², 100 epochs, lr 1e-4, 5 seeds (configs/table7_*.yaml)"},
         "results": [r.to_json() for r in results],

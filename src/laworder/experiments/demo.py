@@ -42,6 +42,13 @@ class DemoConfig:
     seg_lr: float = 3e-3  # the paper's 1e-4 is for 100 epochs on ~1.8K images; the demo has minutes
     seed: int = 0
     synth: bool = True
+    synth_objectives: list[str] = field(default_factory=lambda: ["uniform", "law"])
+    synth_resolution: int = 64
+    synth_steps: int = 200
+    synth_batch_size: int = 8
+    synth_lr: float = 5e-4
+    sample_steps: int = 25  # the paper samples with 50; halved to keep the demo within minutes
+    guidance_scale: float = 3.0  # the paper's 10.0 saturates a backbone trained for minutes
     progress: bool = True
     overwrite: bool = True
 
