@@ -45,13 +45,6 @@ def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's two cores are shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _attention_modules(model: nn.Module) -> list[BidirectionalSkipAttention]:

@@ -175,6 +175,7 @@ def fit(
             step = state["global_step"]
             batch = _to_device(batch, accelerator.device)
             generator = step_generator(config.seed, step, accelerator.process_index)
+            task.global_step, task.total_steps = step, total_steps  # for step-dependent schedules
             with accelerator.autocast():
                 output = task.training_step(batch, generator)
             loss_all = accelerator.gather(output.loss.detach().float().reshape(1))

@@ -29,6 +29,8 @@ class TrainTask(abc.ABC):
 
     modules: dict[str, nn.Module]
     accelerator: Any = None  # set by ``fit``
+    global_step: int | None = None  # set by ``fit`` before every ``training_step`` (0-based)
+    total_steps: int | None = None  # set by ``fit``: the run's total number of optimizer steps
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         """Modules moved to the device but never trained or saved (VAE, text encoder...)."""

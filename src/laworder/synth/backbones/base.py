@@ -1,0 +1,140 @@
+"""The backbone interface: one network family, the noise schedule it trains with, and the
+encoders around it. The training task and the sampler only talk to this interface.
+
+Tensors: images ``B×C×H×W`` in [-1, 1]; masks ``B×1×H×W`` in {0, 1}; ``cond_tokens`` a long
+``B`` vector, 1 = the condition (the "lesion" class or the text prompt), 0 = the null
+condition used for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from laworder.registry import Registry
+
+BACKBONES: Registry["Backbone"] = Registry("backbone")
+
+NULL_TOKEN, LESION_TOKEN = 0, 1
+
+Residuals = tuple[Sequence[torch.Tensor], torch.Tensor]
+
+
+class Backbone(abc.ABC):
+    """A ControlNet-conditioned denoiser and everything around it.
+
+    ``modules`` holds the trainable networks by name (saved as ``<name>.safetensors``); the
+    training task shares the dict and re-binds it after ``fit`` wraps them (``bind``), so
+    every call looks its networks up there. ``frozen_modules`` are moved to the device but
+    never trained or saved (a VAE, a text encoder, a frozen UNet).
+    """
+
+    name: str = ""
+    #: modules a trained run saves that sampling needs (the rest of ``modules`` is training-only)
+    sampling_modules: tuple[str, ...] = ()
+
+    def __init__(self, resolution: int, image_channels: int, scheduler_config: dict[str, Any]) -> None:
+        self.resolution = resolution
+        self.image_channels = image_channels
+        self.scheduler_config = dict(scheduler_config)
+        self.modules: dict[str, nn.Module] = {}
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    def bind(self, modules: dict[str, nn.Module]) -> None:
+        """Look networks up in ``modules`` from now on (after ``accelerator.prepare``)."""
+        self.modules = modules
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    @property
+    @abc.abstractmethod
+    def target_channels(self) -> int:
+        """Channels of the diffusion target (pixels or latents) and of ε̂."""
+
+    @property
+    def target_size(self) -> int:
+        """Spatial size of the diffusion target for ``resolution``."""
+        return self.resolution
+
+    def noise_scheduler(self):
+        """``DDPMScheduler`` for training noise (1000 steps)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    def sampling_scheduler(self):
+        """``DDIMScheduler`` sharing the training schedule."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    # --- encoders ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> diffusion targets ``B×target_channels×s×s``."""
+
+    @abc.abstractmethod
+    def decode(self, targets: torch.Tensor) -> torch.Tensor:
+        """Diffusion targets -> images in [-1, 1]."""
+
+    @abc.abstractmethod
+    def condition_states(self, cond_tokens: torch.Tensor) -> torch.Tensor:
+        """``B`` tokens -> ``encoder_hidden_states`` ``B×L×D`` (learned class or text embedding)."""
+
+    def mask_hint(self, masks: torch.Tensor) -> torch.Tensor:
+        """ControlNet conditioning image for a mask: the mask repeated over the image channels."""
+        return masks.to(torch.float32).expand(-1, self.image_channels, -1, -1)
+
+    def image_hint(self, images: torch.Tensor) -> torch.Tensor:
+        """ControlNet conditioning image for a real image (teacher / Siamese image branch)."""
+        return (images.clamp(-1, 1) + 1.0) / 2.0
+
+    # --- the denoiser -----------------------------------------------------------------------
+    def control(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, hint: torch.Tensor,
+        controlnet: str = "controlnet",
+    ) -> Residuals:
+        """ControlNet residuals (down-block list, mid-block) for ``hint``."""
+        down, mid = self.modules[controlnet](
+            noisy, timesteps, encoder_hidden_states=states, controlnet_cond=hint, return_dict=False
+        )
+        return down, mid
+
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, residuals: Residuals) -> torch.Tensor:
+        """UNet prediction with ControlNet residuals added."""
+        down, mid = residuals
+        return self.unet(
+            noisy, timesteps, encoder_hidden_states=states,
+            down_block_additional_residuals=list(down), mid_block_additional_residual=mid, return_dict=False,
+        )[0]
+
+    def predict_noise(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_hint: torch.Tensor, cond_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """ε̂ = UNet(z_t, t, c | ControlNet(z_t, t, c, hint)) for one batch."""
+        states = self.condition_states(cond_tokens)
+        return self.denoise(noisy, timesteps, states, self.control(noisy, timesteps, states, mask_hint))
+
+    @property
+    @abc.abstractmethod
+    def unet(self) -> nn.Module:
+        """The UNet (trainable or frozen)."""
+
+    @abc.abstractmethod
+    def new_controlnet(self, conditioning_channels: int | None = None) -> nn.Module:
+        """A fresh ControlNet of this backbone's shape (the adaptive-distillation teacher)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Parameter counts per module, for logs and benchmarks."""
+        counts = {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules.items()}
+        frozen = {name: sum(p.numel() for p in m.parameters()) for name, m in self.frozen_modules().items()}
+        return {"backbone": self.name, "resolution": self.resolution, "trainable": counts, "frozen": frozen}
+
+
+def create_backbone(name: str, **kwargs: Any) -> Backbone:
+    """``create_backbone("builtin", resolution=64)``; unknown names list the known ones."""
+    return BACKBONES.create(name, **kwargs)

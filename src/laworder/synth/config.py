@@ -1,0 +1,54 @@
+"""``SynthConfig``: every knob of a synthesis run in one dataclass, saved as the run's config.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from laworder.training import LoopConfig
+
+
+def default_loop() -> LoopConfig:
+    """diffusers ``train_controlnet.py`` defaults (AdamW, constant LR) sized for the built-in backbone."""
+    return LoopConfig(
+        output_dir="runs/synth", max_steps=1000, batch_size=8, lr=1e-4, weight_decay=1e-2,
+        optimizer="adamw", scheduler="constant", min_lr=0.0, grad_clip=1.0,
+        checkpoint_every=250, log_every=10, snapshot_every=100,
+    )
+
+
+@dataclass
+class SynthConfig:
+    """A mask-conditioned diffusion training run.
+
+    Attributes:
+        data: dataset folder or ``procedural[:N[:SIZE[:SEED]]]`` spec (``laworder.data.load_dataset``).
+        layout: dataset layout name or ``"auto"``.
+        backbone: ``builtin`` (small pixel-space UNet, trained from scratch) or ``sd15``.
+        backbone_kwargs: passed to the backbone (e.g. ``pretrained_path``, ``controlnet_path``,
+            ``prompt`` for ``sd15``; ``block_out_channels`` for ``builtin``).
+        objective: weighting objective name (``uniform``, ``fixed``, ``ratio``, ``law``,
+            ``adaptive_distillation``, ``noise_consistency``).
+        objective_kwargs: passed to the objective (e.g. ``{"tau": 3.0, "dice": False}``).
+        resolution: training/sampling image size; ``None`` = the backbone's default (64 / 384).
+        image_channels: 3 (RGB) or 1 (grayscale; built-in backbone only).
+        cond_drop_prob: probability of replacing the condition by the null token (5 %, §4.1.2).
+        snapshot_count: samples per delta-map snapshot grid.
+        cache_images: keep resized images in memory (``PairDataset(cache=True)``).
+        check_data: run ``laworder.data.ensure_valid`` before training.
+        loop: the training-loop settings (``laworder.training.LoopConfig``).
+    """
+
+    data: str = "procedural"
+    layout: str = "auto"
+    backbone: str = "builtin"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    objective: str = "law"
+    objective_kwargs: dict[str, Any] = field(default_factory=dict)
+    resolution: int | None = None
+    image_channels: int = 3
+    cond_drop_prob: float = 0.05
+    snapshot_count: int = 4
+    cache_images: bool = True
+    check_data: bool = True
+    loop: LoopConfig = field(default_factory=default_loop)

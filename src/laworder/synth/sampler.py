@@ -1,0 +1,304 @@
+"""DDIM sampling with classifier-free guidance, and synthetic pools on disk.
+
+A pool is a pair folder (``images/`` + ``masks/``, matched by stem) plus ``manifest.json``,
+so ``laworder seg train`` reads it directly (``pairs`` layout). One image per mask, each
+seeded by its mask: ``seed = base_seed + crc32(stem)``, so a pool does not depend on batching.
+LAW's φ is a training-only module: sampling builds the backbone alone and loads only the
+modules the backbone samples with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from laworder.config import from_dict, load_yaml
+from laworder.errors import ConfigError, DataError, MissingWeightsError, RunDirError
+from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone
+from laworder.synth.config import SynthConfig
+
+MANIFEST = "manifest.json"
+
+
+def check_sampling_args(steps: int, guidance_scale: float, eta: float = 0.0, num_train_timesteps: int = 1000) -> None:
+    """Validate DDIM settings.
+
+    ``guidance_scale`` ε̂ = ε̂_∅ + g (ε̂_c − ε̂_∅) must be finite and ≥ 1; 1 means no guidance
+    (one conditional pass, no unconditional one). Values in [0, 1) would blend towards the
+    unconditional model, which this tool does not offer.
+
+    Raises:
+        ConfigError: steps outside 1..num_train_timesteps, guidance < 1 or not finite, eta outside [0, 1].
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train_timesteps:
+        raise ConfigError(f"steps must be an integer in 1..{num_train_timesteps}, got {steps!r}")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1.0:
+        raise ConfigError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {guidance_scale!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {eta!r}")
+
+
+def mask_seed(base_seed: int, stem: str) -> int:
+    """The per-mask seed: ``base_seed + crc32(stem)`` (stable across runs and platforms)."""
+    return int(base_seed) + zlib.crc32(stem.encode("utf-8"))
+
+
+class MaskConditionedSampler:
+    """DDIM (η = 0 by default) + classifier-free guidance on a trained backbone.
+
+    Args:
+        backbone: a backbone with its sampling modules loaded.
+        steps: DDIM steps (50). guidance_scale: g ≥ 1 (10.0, paper §4.1.2). eta: DDIM η (0).
+        batched_cfg: run the conditional and unconditional passes as one batch of 2B (True),
+            or as two passes (False, for the benchmark).
+    """
+
+    def __init__(self, backbone: Backbone, steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
+                 batched_cfg: bool = True) -> None:
+        num_train = int(backbone.scheduler_config.get("num_train_timesteps", 1000))
+        check_sampling_args(steps, guidance_scale, eta, num_train)
+        self.backbone = backbone
+        self.steps, self.guidance_scale, self.eta = int(steps), float(guidance_scale), float(eta)
+        self.batched_cfg = batched_cfg
+
+    def guided_noise(self, sample: torch.Tensor, timestep: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+        batch = sample.shape[0]
+        cond = torch.full((batch,), LESION_TOKEN, device=sample.device)
+        if self.guidance_scale == 1.0:
+            return self.backbone.predict_noise(sample, timestep, hint, cond)
+        uncond = torch.full((batch,), NULL_TOKEN, device=sample.device)
+        if self.batched_cfg:
+            both = self.backbone.predict_noise(
+                torch.cat([sample, sample]), timestep, torch.cat([hint, hint]), torch.cat([uncond, cond])
+            )
+            eps_uncond, eps_cond = both.chunk(2)
+        else:
+            eps_uncond = self.backbone.predict_noise(sample, timestep, hint, uncond)
+            eps_cond = self.backbone.predict_noise(sample, timestep, hint, cond)
+        return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
+
+    @torch.no_grad()
+    def sample(self, masks: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """``B×1×H×W`` masks at the backbone resolution -> images ``B×C×H×W`` in [-1, 1]."""
+        backbone = self.backbone
+        size = backbone.resolution
+        if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[-2:] != (size, size):
+            raise DataError(f"masks must be B×1×{size}×{size}, got {tuple(masks.shape)}")
+        if len(seeds) != masks.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {masks.shape[0]} masks")
+        device = masks.device
+        shape = (backbone.target_channels, backbone.target_size, backbone.target_size)
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        scheduler = backbone.sampling_scheduler()
+        scheduler.set_timesteps(self.steps)
+        sample = noise * scheduler.init_noise_sigma
+        hint = backbone.mask_hint(masks)
+        for timestep in scheduler.timesteps:
+            eps = self.guided_noise(sample, timestep.to(device), hint)
+            step_generator = generators if self.eta > 0 else None
+            sample = scheduler.step(eps, timestep, sample, eta=self.eta, generator=step_generator).prev_sample
+        return backbone.decode(sample)
+
+
+# --- loading a trained run ----------------------------------------------------------------------
+def find_run(checkpoint: str | Path) -> tuple[Path, SynthConfig]:
+    """A run folder, a weights folder (``model/last``) or a checkpoint (``checkpoints/step_…``)
+    -> (folder holding ``<module>.safetensors``, the run's ``SynthConfig``)."""
+    path = Path(checkpoint).expanduser()
+    if not path.exists():
+        raise MissingWeightsError(f"checkpoint not found: {path}")
+    weights = path / "model" / "last" if (path / "model" / "last").is_dir() else path
+    for folder in (weights, *weights.parents):
+        if (folder / "config.yaml").is_file():
+            return weights, from_dict(SynthConfig, load_yaml(folder / "config.yaml"), where=str(folder / "config.yaml"))
+    raise MissingWeightsError(f"no config.yaml in {weights} or its parents: is {path} a `laworder synth train` run?")
+
+
+def load_backbone(checkpoint: str | Path) -> tuple[Backbone, SynthConfig, list[Path]]:
+    """Build the run's backbone and load only its sampling modules (never the objective)."""
+    from laworder.synth.task import build_backbone
+    from laworder.training import load_weights
+
+    weights, config = find_run(checkpoint)
+    backbone = build_backbone(config)
+    files = []
+    for name in backbone.sampling_modules:
+        file = weights / f"{name}.safetensors"
+        if not file.is_file():
+            raise MissingWeightsError(f"{weights} has no {file.name}; expected the trained {name} weights there")
+        load_weights(backbone.modules[name], file)
+        files.append(file)
+    for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
+        module.eval()
+    return backbone, config, files
+
+
+def files_sha256(files: Iterable[Path]) -> str:
+    """sha256 over the files' names and bytes, in name order."""
+    digest = hashlib.sha256()
+    for file in sorted(files, key=lambda p: p.name):
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- masks in, pool out ---------------------------------------------------------------------
+@dataclass
+class MaskItem:
+    stem: str
+    path: Path
+
+
+def collect_masks(source: Any, split: str = "train", layout: str = "auto") -> list[MaskItem]:
+    """Masks to condition on, from a folder of mask files, a dataset (``load_dataset``: ``split``
+    is ``train``, ``test`` (every test subset) or one subset name), or a list of ``PairRecord``.
+    Stems repeated across subsets are prefixed with the subset name."""
+    from laworder.data.io import is_image_file
+
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir() and (path / "masks").is_dir() and not (path / "images").is_dir():
+            path = path / "masks"  # a folder holding only masks/
+        if path.is_dir() and any(is_image_file(p) for p in path.iterdir()):
+            return [MaskItem(p.stem, p) for p in sorted(path.iterdir()) if is_image_file(p)]
+        from laworder.data.layouts import load_dataset
+
+        source = load_dataset(source, layout=layout)
+    if hasattr(source, "train") and hasattr(source, "test"):
+        if split == "train":
+            records = list(source.train)
+        elif split == "test":
+            records = [r for subset in source.test.values() for r in subset]
+        elif split in source.test:
+            records = list(source.test[split])
+        else:
+            raise ConfigError(f"unknown split {split!r}; choose train, test or one of {sorted(source.test)}")
+    else:
+        records = list(source)
+    if not records:
+        raise DataError(f"no masks found in {source!r} (split {split!r})")
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.stem] = counts.get(record.stem, 0) + 1
+    return [MaskItem(f"{r.subset}_{r.stem}" if counts[r.stem] > 1 and r.subset else r.stem, Path(r.mask)) for r in records]
+
+
+def load_mask_tensor(path: Path, size: int) -> torch.Tensor:
+    """One mask file -> ``1×size×size`` float {0, 1}, resized nearest."""
+    from laworder.data.io import read_mask
+
+    mask = torch.from_numpy(read_mask(path).astype(np.float32))[None, None]
+    if mask.shape[-2:] != (size, size):
+        mask = F.interpolate(mask, size=(size, size), mode="nearest")
+    return mask[0]
+
+
+def sample_pool(
+    checkpoint: str | Path,
+    masks: Any,
+    out_dir: str | Path,
+    steps: int = 50,
+    guidance_scale: float = 10.0,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    split: str = "train",
+    batched_cfg: bool = True,
+    limit: int | None = None,
+    layout: str = "auto",
+    device: str | torch.device | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Generate one image per mask and write a pair folder + ``manifest.json``; returns ``out_dir``.
+
+    Args:
+        checkpoint: a ``synth train`` run folder, its ``model/last`` or a checkpoint folder.
+        masks: a folder of masks, a dataset (see ``collect_masks``) or a list of ``PairRecord``.
+        out_dir: the pool folder (``images/``, ``masks/``, ``manifest.json``).
+        steps, guidance_scale, eta: DDIM settings (50, 10.0, 0.0; see ``check_sampling_args``).
+        seed: base seed; mask ``stem`` uses ``seed + crc32(stem)``.
+        batch_size: masks per batch (does not change the images beyond float round-off).
+        split: which part of a dataset to take masks from.
+        batched_cfg: one 2B forward per step (True) or two B forwards.
+        limit: take only the first ``limit`` masks.
+        layout: layout of ``masks`` when it is a dataset folder (``auto`` detects it).
+        device: where to sample (default: CUDA when available, else CPU).
+
+    Raises:
+        ConfigError, MissingWeightsError, DataError, RunDirError (``out_dir`` not empty without ``overwrite``).
+    """
+    from laworder.data.io import write_image, write_mask
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 (or None for every mask), got {limit}")
+    check_sampling_args(steps, guidance_scale, eta)
+    items = collect_masks(masks, split=split, layout=layout)[:limit]  # fail on bad masks before anything else
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
+        for name in ("images", "masks", MANIFEST):
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    backbone, config, weight_files = load_backbone(checkpoint)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
+        module.to(device)
+    sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg)
+    size = backbone.resolution
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="sample", unit="batch")
+    entries = []
+    for batch in batches:
+        mask_batch = torch.stack([load_mask_tensor(item.path, size) for item in batch]).to(device)
+        seeds = [mask_seed(seed, item.stem) for item in batch]
+        images = sampler.sample(mask_batch, seeds)
+        pixels = ((images.float().cpu() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        for item, pixel, mask, item_seed in zip(batch, pixels, mask_batch.cpu(), seeds):
+            write_image(out_dir / "images" / f"{item.stem}.png", np.round(pixel * 255).astype(np.uint8))
+            write_mask(out_dir / "masks" / f"{item.stem}.png", mask[0].numpy() > 0.5)
+            entries.append({"stem": item.stem, "seed": item_seed, "source_mask": str(item.path)})
+    manifest = {
+        "method": config.objective,
+        "objective_kwargs": config.objective_kwargs,
+        "backbone": config.backbone,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": files_sha256(weight_files),
+        "seed": seed,
+        "seed_rule": "base seed + crc32(stem)",
+        "guidance_scale": guidance_scale,
+        "steps": steps,
+        "eta": eta,
+        "sampler": "DDIM",
+        "batched_cfg": batched_cfg,
+        "resolution": size,
+        "count": len(entries),
+        "source": str(masks) if isinstance(masks, (str, Path)) else type(masks).__name__,
+        "split": split,
+        "layout": "pairs",
+        "items": entries,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out_dir

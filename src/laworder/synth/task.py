@@ -1,0 +1,216 @@
+"""``SynthTask``: one mask-conditioned diffusion training step for the shared training core.
+
+The step reads like diffusers' ``examples/controlnet/train_controlnet.py``:
+encode → noise → ControlNet residuals → UNet → target → objective → loss, plus the extra
+branches some baselines need (a teacher, an image branch). ``fit`` does everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from laworder.config import from_dict
+from laworder.errors import ConfigError, DataError
+from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone, Residuals, create_backbone
+from laworder.synth.config import SynthConfig
+from laworder.synth.weighting import Objective, create_objective
+from laworder.training import StepOutput, TrainTask
+
+
+def build_backbone(config: SynthConfig) -> Backbone:
+    """The backbone a config names, at the config's resolution (or the backbone's default)."""
+    kwargs = dict(config.backbone_kwargs)
+    kwargs["image_channels"] = config.image_channels
+    if config.resolution is not None:
+        kwargs["resolution"] = config.resolution
+    return create_backbone(config.backbone, **kwargs)
+
+
+def mix_residuals(first: Residuals, second: Residuals, first_weight: float, second_weight: float) -> Residuals:
+    """first_weight · first + second_weight · second, block by block."""
+    down = [first_weight * a + second_weight * b for a, b in zip(first[0], second[0])]
+    return down, first_weight * first[1] + second_weight * second[1]
+
+
+def detach_residuals(residuals: Residuals) -> Residuals:
+    return [r.detach() for r in residuals[0]], residuals[1].detach()
+
+
+class SynthTask(TrainTask):
+    """Trains a backbone's ControlNet (and, for ``builtin``, its UNet and class embedding)
+    with a weighting objective. Trainable modules: the backbone's, plus ``objective`` when the
+    objective learns parameters (LAW's φ) and ``image_controlnet`` for the distillation teacher.
+    """
+
+    def __init__(self, config: SynthConfig, backbone: Backbone | None = None) -> None:
+        if not 0.0 <= config.cond_drop_prob < 1.0:
+            raise ConfigError(f"cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
+        self.config = config
+        self.backbone = backbone if backbone is not None else build_backbone(config)
+        self.noise_scheduler = self.backbone.noise_scheduler()
+        self.objective: Objective = create_objective(
+            config.objective, channels=self.backbone.target_channels, **config.objective_kwargs
+        )
+        modules: dict[str, nn.Module] = dict(self.backbone.modules)
+        if self.objective.has_parameters:
+            modules["objective"] = self.objective
+        if "eps_teacher" in self.objective.needs:
+            modules["image_controlnet"] = self.backbone.new_controlnet()
+        self.modules = modules
+        # Set by the training core when it provides them (Siamese w_i = k / N_iter ramp).
+        self.global_step: int | None = None
+        self.total_steps: int | None = config.loop.max_steps
+        self._branches: dict[str, Callable[..., torch.Tensor]] = {
+            "eps_teacher": self._teacher_prediction,
+            "eps_image": self._image_branch_prediction,
+        }
+
+    # ``fit`` replaces ``modules`` with the accelerate-wrapped ones: re-bind the backbone.
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return self._modules
+
+    @modules.setter
+    def modules(self, value: dict[str, nn.Module]) -> None:
+        self._modules = value
+        self.backbone.bind(value)
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return self.backbone.frozen_modules()
+
+    def _objective(self) -> nn.Module:
+        return self.modules.get("objective", self.objective)
+
+    # --- the step ---------------------------------------------------------------------------
+    def inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch -> (images in [-1, 1], masks {0, 1}), checked against the backbone's size."""
+        images, masks = batch["image"], batch["mask"]
+        if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1:
+            raise DataError(f"expected image B×C×H×W and mask B×1×H×W, got {tuple(images.shape)} and {tuple(masks.shape)}")
+        if images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
+            raise DataError(f"image batch {tuple(images.shape)} and mask batch {tuple(masks.shape)} differ in size")
+        size = self.backbone.resolution
+        if images.shape[-2:] != (size, size) or images.shape[1] != self.backbone.image_channels:
+            raise DataError(
+                f"images are {tuple(images.shape[1:])} but the backbone expects "
+                f"{(self.backbone.image_channels, size, size)}; build the dataset with size={size}"
+            )
+        return images * 2.0 - 1.0, masks
+
+    def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
+        images, masks = self.inputs(batch)
+        eps_pred, target, extra = self.diffusion_forward(images, masks, generator, self.config.cond_drop_prob)
+        # 7. weighting objective -> loss (in float32: weights are normalised and clamped)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            output = self._objective()(eps_pred.float(), target.float(), masks, **extra)
+        return StepOutput(output.loss, output.logs)
+
+    def diffusion_forward(
+        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, cond_drop_prob: float
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Steps 1-6 of a training step: (ε̂, regression target, extra branch predictions).
+
+        Every random number comes from ``generator`` (CPU), so a step is a pure function of
+        (batch, generator) and a resumed run repeats it exactly.
+        """
+        backbone = self.backbone
+        device, batch_size = images.device, images.shape[0]
+        # 1. encode: pixels (built-in) or VAE latents × scaling factor (SD)
+        targets = backbone.encode(images, generator)
+        # 2. forward diffusion z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε (paper eq. 1)
+        noise = torch.randn(targets.shape, generator=generator).to(device, targets.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = timesteps.to(device)
+        noisy = self.noise_scheduler.add_noise(targets, noise, timesteps)
+        # condition dropout for classifier-free guidance: the null token with cond_drop_prob
+        keep = torch.rand(batch_size, generator=generator) >= cond_drop_prob
+        cond_tokens = torch.where(keep, LESION_TOKEN, NULL_TOKEN).to(device)
+        states = backbone.condition_states(cond_tokens)
+        # 3. ControlNet residuals from the mask
+        residuals = backbone.control(noisy, timesteps, states, backbone.mask_hint(masks))
+        # 4. UNet prediction
+        eps_pred = backbone.denoise(noisy, timesteps, states, residuals)
+        # 5. regression target
+        target = self._target(targets, noise, timesteps)
+        # 6. branches some objectives need (a teacher, an image branch)
+        context = dict(noisy=noisy, timesteps=timesteps, states=states, residuals=residuals, images=images)
+        extra = {key: self._branches[key](**context).float() for key in self.objective.needs}
+        return eps_pred, target, extra
+
+    def _target(self, targets: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "v_prediction":
+            return self.noise_scheduler.get_velocity(targets, noise, timesteps)
+        raise ConfigError(f"unsupported prediction_type {prediction_type!r} (epsilon or v_prediction)")
+
+    def _teacher_prediction(self, noisy, timesteps, states, residuals, images) -> torch.Tensor:
+        """Adaptive distillation teacher: c_mask + s · c_image through the same UNet."""
+        image_residuals = self.backbone.control(
+            noisy, timesteps, states, self.backbone.image_hint(images), controlnet="image_controlnet"
+        )
+        mixed = mix_residuals(residuals, image_residuals, 1.0, self.objective.image_control_scale)
+        return self.backbone.denoise(noisy, timesteps, states, mixed)
+
+    def _image_branch_prediction(self, noisy, timesteps, states, residuals, images) -> torch.Tensor:
+        """Siamese Image-Diffusion: c_mix = w_i · c_i + w_m · sg[c_m] (eq. 5), same networks."""
+        image_residuals = self.backbone.control(noisy, timesteps, states, self.backbone.image_hint(images))
+        image_weight = self.objective.image_control_weight(self.global_step, self.total_steps)
+        mixed = mix_residuals(image_residuals, detach_residuals(residuals), image_weight, self.objective.mask_control_weight)
+        return self.backbone.denoise(noisy, timesteps, states, mixed)
+
+    # --- snapshots --------------------------------------------------------------------------
+    @torch.no_grad()
+    def weight_maps(self, batch: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(images [0,1], masks, objective maps) for the first ``snapshot_count`` items, always
+        with the condition, from a generator of their own (the training stream is untouched)."""
+        count = max(1, self.config.snapshot_count)
+        small = {k: v[:count] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        images, masks = self.inputs(small)
+        eps_pred, target, extra = self.diffusion_forward(images, masks, torch.Generator().manual_seed(seed), 0.0)
+        output = self._objective()(eps_pred.float(), target.float(), masks, **extra)
+        return small["image"], small["mask"], output.maps
+
+    def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> None:
+        """Delta-map snapshot (paper Fig. 8): ``snapshots/step_XXXXXXXX.png``, one row per sample,
+        columns image | mask | w_ratio | δ | w_final (those the objective has)."""
+        from laworder.synth.snapshots import write_weight_grid
+
+        images, masks, maps = self.weight_maps(batch, seed=step)
+        write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png", images, masks, maps)
+
+
+def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
+    """Train a mask-conditioned diffusion model; returns the run folder.
+
+    The run folder holds ``config.yaml`` (this config, resolved), ``model/last/*.safetensors``,
+    ``checkpoints/``, ``metrics.jsonl`` and ``snapshots/``; ``sample_pool`` reads it.
+    """
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+    from laworder.training import fit
+
+    if isinstance(config, dict):
+        config = from_dict(SynthConfig, config, where="synth config")
+    if config.check_data:
+        from laworder.data.check import ensure_valid
+
+        ensure_valid(config.data, config.layout)
+    collection = load_dataset(config.data, layout=config.layout)
+    if not collection.train:
+        raise DataError(f"{config.data}: no training pairs")
+    torch.manual_seed(config.loop.seed)  # network initialisation
+    np.random.seed(config.loop.seed)
+    task = SynthTask(config)
+    config = replace(config, resolution=task.backbone.resolution)  # saved resolved in config.yaml
+    task.config = config
+    dataset = PairDataset(collection.train, size=config.resolution, channels=config.image_channels, cache=config.cache_images)
+    result = fit(task, dataset, config.loop, run_config=config)
+    return result.run_dir
