@@ -65,27 +65,35 @@ def _rss_kb(field: str) -> int | None:
     return None
 
 
-def peak_forward_mb(model: torch.nn.Module, batch: torch.Tensor) -> float | None:
-    """Peak extra memory of one forward: CUDA allocator stats, or on Linux CPU the resident
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak extra memory while ``fn`` runs: CUDA allocator stats, or on Linux CPU the resident
     set high-water mark reset through ``/proc/self/clear_refs`` (None where unavailable)."""
-    device = batch.device
     gc.collect()
-    with torch.no_grad():
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            model(batch)
-            _sync(device)
-            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        try:
-            CLEAR_REFS.write_text("5")
-        except OSError:
-            return None
-        base = _rss_kb("VmRSS")
-        model(batch)
-        peak = _rss_kb("VmHWM")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return None
+    base = _rss_kb("VmRSS")
+    fn()
+    peak = _rss_kb("VmHWM")
     return None if base is None or peak is None else max(0, peak - base) / 1024
+
+
+def peak_forward_mb(model: torch.nn.Module, batch: torch.Tensor) -> float | None:
+    """Peak extra memory of one inference forward of ``model`` on ``batch``."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
+    return peak_memory_mb(forward, batch.device)
 
 
 def profile_model(name: str, image_size: int = 256, batch_size: int = 16, device: str = "cpu",
