@@ -1,4 +1,5 @@
-"""Sub-commands of the experiments stage: ``laworder demo`` (more join as they land)."""
+"""Sub-commands of the experiments stage: ``laworder demo``, ``laworder exp`` (run, list,
+mask-recovery), ``laworder report`` and ``laworder export nnunet``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,125 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exp_command(args: argparse.Namespace) -> str:
+    """The ``laworder exp run`` command line these arguments stand for (recorded in the results)."""
+    import shlex
+
+    words = ["laworder", "exp", "run", args.config]
+    words += ["--output", args.output] if args.output else []
+    for item in args.overrides:
+        words += ["--set", item]
+    words += [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                    ("--no-progress", args.no_progress)) if on]
+    return shlex.join(words)
+
+
+def _exp_run(args: argparse.Namespace) -> int:
+    from laworder.config import parse_overrides
+    from laworder.experiments.report import REPORT
+    from laworder.experiments.runner import run_experiment
+
+    run_dir = run_experiment(args.config, parse_overrides(args.overrides), output_dir=args.output, resume=args.resume,
+                             overwrite=args.overwrite, progress=not args.no_progress, command=_exp_command(args))
+    print(f"report: {run_dir / REPORT}")
+    return 0
+
+
+def _exp_list(args: argparse.Namespace) -> int:
+    from laworder.experiments.runner import list_experiments
+
+    for kind, doc in list_experiments().items():
+        print(f"{kind:16s} {doc}")
+    return 0
+
+
+def _exp_mask_recovery(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from laworder.errors import ConfigError
+    from laworder.metrics.mask_recovery import filter_pool, mask_recovery
+
+    if args.filter_min_dice is not None and not args.filter_out:
+        raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")
+    scores = mask_recovery(args.segmenter, args.pool, args.image_size)
+    print(f"{scores['pool']} ({scores['method']}, {scores['count']} pairs): mask Dice "
+          f"{scores['dice']['mean']:.3f} ± {scores['dice']['std']:.3f}, IoU {scores['iou']['mean']:.3f} ± {scores['iou']['std']:.3f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(scores, indent=2))
+        print(f"wrote {args.out}")
+    if args.filter_min_dice is not None:
+        out = filter_pool(args.pool, args.segmenter, args.filter_min_dice, args.filter_out, args.image_size,
+                          overwrite=args.overwrite, scores=scores)
+        kept = json.loads((out / "manifest.json").read_text())["filter"]
+        print(f"filtered pool: {out} (kept {kept['kept']} of {kept['source_count']} pairs with Dice >= {args.filter_min_dice})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from laworder.experiments.report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
+def _export_nnunet(args: argparse.Namespace) -> int:
+    from laworder.interop.nnunet import export_nnunet_dataset
+
+    folder = export_nnunet_dataset(args.real, args.out, args.id, args.name, extra=args.extra, extra_limit=args.extra_limit,
+                                   layout=args.layout, channels=args.channels, image_size=args.image_size,
+                                   include_test=not args.no_test, overwrite=args.overwrite)
+    print(f"wrote {folder} (passes nnU-Net v2's dataset checks); validation-real-only folds in "
+          f"{folder / 'laworder_splits_final.json'}")
+    return 0
+
+
+def _add_exp(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("exp", help="paper-table experiments (configs/exp/*.yaml)").add_subparsers(dest="action", required=True)
+    p = exp.add_parser("run", help="run the experiment a config describes and write its report")
+    p.add_argument("config", help="experiment YAML (kind: seg_compare | runtime | mask_recovery | augmentation | ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set seg.loop.epochs=2 (repeatable)")
+    p.add_argument("--output", "-o", help="run folder (default: the config's output_dir)")
+    p.add_argument("--resume", action="store_true", help="reuse finished sub-runs of an earlier attempt")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished experiment")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_exp_run)
+    p = exp.add_parser("list", help="experiment kinds")
+    p.set_defaults(func=_exp_list)
+    p = exp.add_parser("mask-recovery", help="score one synthetic pool with a frozen segmenter (Table 3 metric)")
+    p.add_argument("segmenter", help="segmentation run folder trained on the real images")
+    p.add_argument("pool", help="pool folder (images/, masks/, manifest.json from `laworder synth sample`)")
+    p.add_argument("--image-size", type=int, help="default: the segmenter's training size")
+    p.add_argument("--out", help="write the scores (per image too) as JSON here")
+    p.add_argument("--filter-min-dice", type=float, help="also write the pairs with Dice >= this as a new pool")
+    p.add_argument("--filter-out", help="folder of the filtered pool (with --filter-min-dice)")
+    p.add_argument("--overwrite", action="store_true", help="replace --filter-out")
+    p.set_defaults(func=_exp_mask_recovery)
+
+    p = sub.add_parser("report", help="rebuild an experiment folder's report.md and figures from its results.json")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="write datasets for other tools").add_subparsers(dest="action", required=True)
+    p = export.add_parser("nnunet", help="real (+ synthetic) pairs as an nnU-Net v2 raw dataset")
+    p.add_argument("real", help="real dataset folder (any layout) or procedural spec")
+    p.add_argument("out", help="nnUNet_raw folder; DatasetXXX_NAME/ is created inside")
+    p.add_argument("--id", type=int, required=True, help="nnU-Net dataset id (1..999; custom ones from 500)")
+    p.add_argument("--name", required=True, help="dataset name, e.g. Polyps")
+    p.add_argument("--extra", nargs="+", default=[], metavar="POOL", help="synthetic pool folders (cases syn_<stem>)")
+    p.add_argument("--extra-limit", type=int, help="use only the first N synthetic pairs")
+    p.add_argument("--layout", default="auto")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="3 = RGB PNG (R, G, B), 1 = grayscale")
+    p.add_argument("--image-size", type=int, help="resize every case to this square size (default: keep sizes)")
+    p.add_argument("--no-test", action="store_true", help="do not write the test subsets to imagesTs/labelsTs")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export_nnunet)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    _add_exp(sub)
     p = sub.add_parser("demo", help="the whole loop on built-in procedural data, on CPU, with a report")
     p.add_argument("--config", help="YAML overriding DemoConfig")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -32,19 +32,19 @@ from laworder.training import LoopConfig
 @dataclass
 class DemoConfig:
     output_dir: str = "demo_runs"
-    image_size: int = 128
-    num_train: int = 240
-    num_test: int = 60
+    image_size: int = 64
+    num_train: int = 200
+    num_test: int = 48
     data_seed: int = 0
     seg_models: list[str] = field(default_factory=lambda: ["mk_unet", "order"])
-    seg_epochs: int = 30
+    seg_epochs: int = 20
     seg_batch_size: int = 16
     seg_lr: float = 3e-3  # the paper's 1e-4 is for 100 epochs on ~1.8K images; the demo has minutes
     seed: int = 0
     synth: bool = True
     synth_objectives: list[str] = field(default_factory=lambda: ["uniform", "law"])
     synth_resolution: int = 64
-    synth_steps: int = 200
+    synth_steps: int = 150
     synth_batch_size: int = 8
     synth_lr: float = 5e-4
     sample_steps: int = 25  # the paper samples with 50; halved to keep the demo within minutes

@@ -7,5 +7,6 @@
 
 from laworder.models.registry import MODELS, create_model, list_models, register_model
 from laworder.models import ege_unet, mk_unet, order  # noqa: F401  (registers the models)
+from laworder.models import nnunet2d  # noqa: F401  (registers nnunet2d, MONAI DynUNet)
 
 __all__ = ["MODELS", "create_model", "list_models", "register_model"]

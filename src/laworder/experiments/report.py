@@ -1,0 +1,71 @@
+"""``laworder report RUN_DIR``: rebuild an experiment's ``report.md`` and ``figures/`` from its JSON.
+
+Everything comes from ``results.json`` (and the sub-run folders it names): the tables in the
+paper's layout, the figures (training curves, dose-response curve, qualitative grids, ORDER
+gate values, LAW weight-map snapshots) and, at the top, the command and config that made
+every number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from laworder.errors import DataError
+from laworder.experiments.runner import CONFIG, EXPERIMENTS, RESULTS
+
+REPORT = "report.md"
+
+
+def read_results(run_dir: str | os.PathLike) -> dict:
+    """An experiment folder's ``results.json``.
+
+    Raises:
+        DataError: the folder holds no finished experiment.
+    """
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        raise DataError(f"{run_dir} holds no {RESULTS}: not a finished `laworder exp run` folder")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: unreadable results ({exc})") from exc
+
+
+def _provenance(record: dict) -> list[str]:
+    env = record.get("environment", {})
+    lines = [
+        f"Made by: `{record['command']}`",
+        f"Config: `{CONFIG}` in this folder (resolved, kind `{record['kind']}`)"
+        + (f", from `{record['config_file']}`" if record.get("config_file") else "")
+        + (f", overrides `{json.dumps(record['overrides'])}`" if record.get("overrides") else ""),
+        f"Started {record.get('started', '?')}, {record.get('seconds', 0):.0f} s; laworder {env.get('laworder', '?')}"
+        + (f" (commit {env['git_commit'][:10]})" if env.get("git_commit") else "")
+        + f", torch {env.get('torch', '?')}, {env.get('platform', '?')}, {env.get('threads', '?')} threads.",
+    ]
+    description = record.get("config", {}).get("description")
+    return ([description, ""] if description else []) + lines
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``report.md`` and ``figures/*.png`` for an experiment folder; returns the report path."""
+    run_dir = Path(run_dir)
+    record = read_results(run_dir)
+    experiment = EXPERIMENTS.create(record["kind"])
+    results = record["results"]
+    figure_dir = run_dir / "figures"
+    lines = [f"# {record.get('title') or experiment.title}", "", *_provenance(record), "", "## Results", ""]
+    lines += experiment.tables(results)
+    figures = experiment.figures(results, run_dir, figure_dir)
+    if figures:
+        lines += ["", "## Figures"]
+        for caption, path in figures:
+            lines += ["", f"![{caption}]({Path(path).relative_to(run_dir).as_posix()})", "", f"*{caption}*"]
+    lines += ["", "## Config", "", "```yaml", yaml.safe_dump(record["config"], sort_keys=False).rstrip(), "```",
+              "", f"Raw numbers: `{RESULTS}`.", ""]
+    path = run_dir / REPORT
+    path.write_text("\n".join(lines))
+    return path

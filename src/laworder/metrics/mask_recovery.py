@@ -1,0 +1,189 @@
+"""Mask recovery (paper Table 3): do generated lesions land where the conditioning masks say?
+
+A frozen segmenter trained on the dataset's real training images predicts a mask for every
+generated image of a synthetic pool; Dice and IoU (per image, the empty-mask rule of
+``laworder.metrics.overlap``) compare each prediction with the mask that conditioned the
+image. Reported as mean ± std over the pool's images (sample std).
+
+A pool is a pair folder (``images/`` + ``masks/``) with a ``manifest.json`` saying how it was
+generated; ``laworder synth sample`` (``laworder.synth.sampler.sample_pool``) writes both.
+
+Beyond the paper, :func:`filter_pool` keeps only the pairs whose frozen-segmenter Dice reaches a
+threshold and writes them as a new pool whose manifest records the filter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from laworder.data.layouts import load_dataset
+from laworder.errors import ConfigError, DataError
+from laworder.metrics.overlap import mean_std
+
+MANIFEST = "manifest.json"
+Segmenter = str | os.PathLike | nn.Module
+
+
+def read_manifest(pool_dir: str | os.PathLike) -> dict[str, Any]:
+    """The pool's ``manifest.json``.
+
+    Raises:
+        DataError: the folder or its manifest is missing or unreadable (the message says where
+            pools come from).
+    """
+    pool = Path(pool_dir)
+    path = pool / MANIFEST
+    if not pool.is_dir():
+        raise DataError(f"synthetic pool not found: {pool}")
+    if not path.is_file():
+        raise DataError(
+            f"{pool} has no {MANIFEST}: it is not a synthetic pool. Pools come from `laworder synth sample` "
+            f"(laworder.synth.sampler.sample_pool), which writes images/, masks/ and {MANIFEST}; for a pool made "
+            f"elsewhere, write a {MANIFEST} that says how (at least {{\"method\": ...}})"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: the manifest must be a JSON object")
+    return manifest
+
+
+def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | None
+               ) -> tuple[nn.Module, int, int, float, str]:
+    """(model in eval mode, image size, channels, threshold, description)."""
+    if isinstance(segmenter, nn.Module):
+        if image_size is None:
+            raise ConfigError("mask_recovery with a model object needs image_size (a run folder records its own)")
+        channels = int(getattr(segmenter, "in_channels", 3))
+        return segmenter.eval(), image_size, channels, 0.5 if threshold is None else threshold, type(segmenter).__name__
+    from laworder.seg.loading import load_segmenter  # the seg app sits beside metrics; imported on use
+
+    model, config = load_segmenter(segmenter, "best")
+    return (model, image_size or config.image_size, config.channels,
+            config.threshold if threshold is None else threshold, str(segmenter))
+
+
+def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,
+                  threshold: float | None = None, batch_size: int = 16, device: str | torch.device | None = None) -> dict:
+    """Score a synthetic pool with a frozen segmenter.
+
+    Args:
+        segmenter: a segmentation run folder (``laworder seg train``; its ``best`` weights, image
+            size, channels and threshold are used) or a model (then give ``image_size``).
+        pool_dir: a pool folder with ``images/``, ``masks/`` and ``manifest.json``.
+        image_size: size at which the segmenter sees the images (default: the run's); the
+            conditioning masks are resized nearest to it.
+        threshold: probability cut-off (default: the run's, else 0.5).
+        device: where the segmenter runs (default: CUDA when available, else CPU).
+
+    Returns:
+        ``{"pool", "method", "segmenter", "image_size", "threshold", "count",
+        "dice": {"mean", "std"}, "iou": {"mean", "std"}, "per_image": [{"stem", "dice", "iou"}]}``.
+        Dice/IoU are fractions in [0, 1]; std is over images (nan for a single image).
+
+    Raises:
+        DataError: no manifest, an inconsistent pool, or an empty pool.
+    """
+    from laworder.seg.evaluate import evaluate_records
+
+    manifest = read_manifest(pool_dir)
+    records = load_dataset(pool_dir, "pairs").train
+    model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = evaluate_records(model, {"pool": records}, size, channels, cut, batch_size, device)
+    rows = result.per_image["pool"]
+    dice, iou = mean_std(r["dice"] for r in rows), mean_std(r["iou"] for r in rows)
+    return {
+        "pool": str(pool_dir),
+        "method": manifest.get("method", "unknown"),
+        "segmenter": description,
+        "image_size": size,
+        "threshold": cut,
+        "count": len(rows),
+        "dice": {"mean": dice[0], "std": dice[1]},
+        "iou": {"mean": iou[0], "std": iou[1]},
+        "per_image": rows,
+    }
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def subset_pool(pool_dir: str | os.PathLike, stems: Iterable[str], out_dir: str | os.PathLike,
+                manifest_update: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write the pairs ``stems`` of a pool as a new pool (files hard-linked where possible).
+
+    The new ``manifest.json`` is the source manifest with ``items`` and ``count`` restricted to
+    ``stems``, ``source_pool`` set, and ``manifest_update`` merged in.
+
+    Raises:
+        DataError: a stem the pool does not hold, or ``out_dir`` not empty without ``overwrite``.
+    """
+    manifest = read_manifest(pool_dir)
+    records = {r.stem: r for r in load_dataset(pool_dir, "pairs").train}
+    stems = list(stems)
+    unknown = sorted(set(stems) - set(records))
+    if unknown:
+        raise DataError(f"{pool_dir} holds no pair(s) {unknown[:5]}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"{out} is not empty; use another folder or overwrite=True")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        record = records[stem]
+        _link_or_copy(record.image, out / "images" / record.image.name)
+        _link_or_copy(record.mask, out / "masks" / record.mask.name)
+    keep = set(stems)
+    items = manifest.get("items")
+    subset = dict(manifest, count=len(stems), source_pool=str(Path(pool_dir).resolve()), **manifest_update)
+    if isinstance(items, list):
+        subset["items"] = [item for item in items if isinstance(item, dict) and item.get("stem") in keep]
+    (out / MANIFEST).write_text(json.dumps(subset, indent=2) + "\n")
+    return out
+
+
+def filter_pool(pool_dir: str | os.PathLike, segmenter: Segmenter, min_dice: float, out_dir: str | os.PathLike,
+                image_size: int | None = None, overwrite: bool = False, scores: dict | None = None) -> Path:
+    """Keep the pairs whose frozen-segmenter Dice is ≥ ``min_dice``; write them as a new pool.
+
+    The new manifest adds ``filter = {"kind": "mask_recovery", "min_dice", "segmenter", "kept",
+    "dropped", "source_count"}``. ``scores`` reuses a :func:`mask_recovery` result for this pool.
+
+    Raises:
+        ConfigError: ``min_dice`` outside [0, 1]. DataError: as :func:`mask_recovery`.
+    """
+    if not 0.0 <= min_dice <= 1.0:
+        raise ConfigError(f"min_dice must be in [0, 1], got {min_dice}")
+    scores = scores or mask_recovery(segmenter, pool_dir, image_size)
+    kept = [row["stem"] for row in scores["per_image"] if row["dice"] >= min_dice]
+    update = {"filter": {"kind": "mask_recovery", "min_dice": min_dice, "segmenter": scores["segmenter"],
+                         "image_size": scores["image_size"], "kept": len(kept),
+                         "dropped": scores["count"] - len(kept), "source_count": scores["count"]}}
+    return subset_pool(pool_dir, kept, out_dir, update, overwrite=overwrite)
+
+
+def sample_stems(pool_dir: str | os.PathLike, count: int, seed: int = 0) -> list[str]:
+    """``count`` stems of a pool drawn without replacement (a seeded permutation prefix, so the
+    draw for a smaller count is a subset of the draw for a larger one)."""
+    stems = sorted(r.stem for r in load_dataset(pool_dir, "pairs").train)
+    if count > len(stems):
+        raise DataError(f"cannot draw {count} pairs from {pool_dir}: the pool holds {len(stems)}")
+    order = np.random.default_rng(seed).permutation(len(stems))
+    return [stems[i] for i in order[:count]]
