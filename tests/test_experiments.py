@@ -20,14 +20,6 @@ TABLES = ["table3_mask_recovery", "table4_augmentation", "table5_dose_response",
           "table7_8_seg_compare", "table9_runtime", "table10_skip_placement"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    """One intra-op thread (the two cores are shared) and a private procedural-data cache."""
-    monkeypatch.setenv("LAWORDER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 QUIET = {"seg": {"loop": {"progress": False}}}

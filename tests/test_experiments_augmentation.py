@@ -18,13 +18,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "exp"
 QUIET = {"seg": {"loop": {"progress": False}}}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LAWORDER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "exp"
 QUIET = {"seg": {"loop": {"progress": False}}, "synth": {"loop": {"progress": False}}}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("LAWORDER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_mask_recovery_tiny_trains_samples_and_scores_each_pool(tmp_path):

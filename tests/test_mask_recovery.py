@@ -21,13 +21,6 @@ from laworder.seg.train import train_segmenter
 from laworder.training import LoopConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The two cores are shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MaskOracle(nn.Module):

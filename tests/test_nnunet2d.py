@@ -27,12 +27,6 @@ from laworder.training import LoopConfig
 TINY = {"strides": [1, 2, 2, 2], "base_filters": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
