@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, name: str) -> dict:
         "protocol": {"seeds": args.seeds, "epochs": args.epochs, "image_size": args.image_size,
                      "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "optimizer": "AdEMAMix (alpha=2, decoupled wd 1e-4)",
                      "schedule": "cosine to 1e-6", "val_fraction": 0.1, "augment": "h/v flips, rotation ±90°",
-                     "paper_protocol": "256², 100 epochs, lr 1e-4, 5 seeds (configs/table7_*.yaml)"},
+                     "paper_protocol": "256², 100 epochs, lr 1e-4, 5 seeds (configs/seg/polyps_paper.yaml, configs/exp/table7_8_seg_compare.yaml)"},
         "results": [r.to_json() for r in results],
         "seconds": time.time() - started,
     }
