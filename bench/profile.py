@@ -141,6 +141,12 @@ def main() -> int:
 
     torch.manual_seed(0)
     rows = profile_models(image_size=args.image_size, device=args.device, repeats=args.repeats, onnx=args.device == "cpu")
+    # Table 9's ORDER[2,1] row: attention at the H/4 skip (4096 tokens at 256²).
+    from laworder.seg.profile import profile_model
+
+    rows.insert(rows.index(next(r for r in rows if r.model == "order")) + 1, profile_model(
+        "order", image_size=args.image_size, device=args.device, repeats=args.repeats, onnx=args.device == "cpu",
+        model_kwargs={"skip_indices": (2, 1)}, label="order[2,1]"))
     print(format_table(rows))
     result = {
         "command": "python bench/profile.py " + " ".join(sys.argv[1:]),

@@ -29,6 +29,11 @@ class SegTask(TrainTask):
             batch["image"], batch["mask"], generator,
             hflip=self.augment.hflip, vflip=self.augment.vflip, rotate_degrees=self.augment.rotate_degrees,
         )
+        if hasattr(self.unwrapped("model"), "training_loss"):
+            # a model with its own objective (diffusion segmenters); called through forward so
+            # that DDP wrappers see the call
+            loss, logs = self.modules["model"](images, masks=masks, generator=generator)
+            return StepOutput(loss=loss, logs=logs)
         logits = self.modules["model"](images)
         loss = self.loss_fn(logits, masks)
         return StepOutput(loss=loss)

@@ -1,7 +1,7 @@
 """Mask-conditioned diffusion with pluggable per-pixel loss weighting (LAW and baselines).
 
 - ``weighting``: objectives behind ``OBJECTIVES`` / ``create_objective`` (uniform, fixed,
-  ratio, law, adaptive_distillation, noise_consistency),
+  ratio, law, adaptive_distillation, noise_consistency, siamese),
 - ``backbones``: ``builtin`` (small pixel-space UNet + ControlNet) and ``sd15``,
 - ``task``: ``SynthTask`` for the shared training core and ``train_synth(config)``,
 - ``sampler``: DDIM + classifier-free guidance and ``sample_pool``.

@@ -59,7 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("train", help="train a ControlNet-conditioned diffusion model with a weighting objective")
     _common_run_options(p)
     p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
-    p.add_argument("--objective", help="uniform, fixed, ratio, law, adaptive_distillation, noise_consistency")
+    p.add_argument("--objective", "--method", dest="objective",
+                   help="uniform, fixed, ratio, law, adaptive_distillation, noise_consistency, siamese (laworder synth list)")
     p.add_argument("--backbone", help="builtin (default) or sd15")
     p.add_argument("--pretrained", help="sd15: local diffusers-format Stable Diffusion 1.5 folder")
     p.add_argument("--controlnet", help="sd15: ControlNet folder to start from (default: from the UNet)")

@@ -28,7 +28,8 @@ class SynthConfig:
         backbone_kwargs: passed to the backbone (e.g. ``pretrained_path``, ``controlnet_path``,
             ``prompt`` for ``sd15``; ``block_out_channels`` for ``builtin``).
         objective: weighting objective name (``uniform``, ``fixed``, ``ratio``, ``law``,
-            ``adaptive_distillation``, ``noise_consistency``).
+            ``adaptive_distillation``, ``noise_consistency``, ``siamese``); an objective may imply
+            backbone options (``siamese``: ``hint_input="dense"``) that ``backbone_kwargs`` overrides.
         objective_kwargs: passed to the objective (e.g. ``{"tau": 3.0, "dice": False}``).
         resolution: training/sampling image size; ``None`` = the backbone's default (64 / 384).
         image_channels: 3 (RGB) or 1 (grayscale; built-in backbone only).

@@ -19,17 +19,31 @@ from laworder.config import from_dict
 from laworder.errors import ConfigError, DataError
 from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone, Residuals, create_backbone
 from laworder.synth.config import SynthConfig
-from laworder.synth.weighting import Objective, create_objective
+from laworder.synth.weighting import Objective, create_objective, objective_backbone_defaults
 from laworder.training import StepOutput, TrainTask
 
 
 def build_backbone(config: SynthConfig) -> Backbone:
-    """The backbone a config names, at the config's resolution (or the backbone's default)."""
-    kwargs = dict(config.backbone_kwargs)
+    """The backbone a config names, at the config's resolution (or the backbone's default),
+    with what the objective implies (e.g. ``siamese``: the dense hint input) unless the config
+    sets it; training and sampling both build it here, so they agree."""
+    kwargs = {**objective_backbone_defaults(config.objective), **config.backbone_kwargs}
     kwargs["image_channels"] = config.image_channels
     if config.resolution is not None:
         kwargs["resolution"] = config.resolution
     return create_backbone(config.backbone, **kwargs)
+
+
+def renoise_from_prediction(noise_scheduler, noisy: torch.Tensor, eps_hat: torch.Tensor, noise: torch.Tensor,
+                            timesteps: torch.Tensor) -> torch.Tensor:
+    """Siamese-Diffusion eq. 11-12: z′₀ = (z_t − √(1−ᾱ_t) sg[ε̂]) / √ᾱ_t, re-noised with ``noise``
+    at the same t. z′₀ is clipped to the scheduler's range when it clips samples (pixel space)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(noisy.device, noisy.dtype)[timesteps].view(-1, 1, 1, 1)
+    clean = (noisy - (1 - alpha_bar).sqrt() * eps_hat.detach().to(noisy.dtype)) / alpha_bar.sqrt()
+    if noise_scheduler.config.clip_sample:
+        limit = noise_scheduler.config.clip_sample_range
+        clean = clean.clamp(-limit, limit)
+    return noise_scheduler.add_noise(clean, noise, timesteps)
 
 
 def mix_residuals(first: Residuals, second: Residuals, first_weight: float, second_weight: float) -> Residuals:
@@ -141,6 +155,12 @@ class SynthTask(TrainTask):
         # 6. branches some objectives need (a teacher, an image branch)
         context = dict(noisy=noisy, timesteps=timesteps, states=states, residuals=residuals, images=images)
         extra = {key: self._branches[key](**context).float() for key in self.objective.needs}
+        # 6b. online augmentation (Siamese-Diffusion eq. 11-13) on the rows the objective selects
+        rows = self.objective.augmentation_rows(timesteps, self.global_step, self.total_steps)
+        if rows is not None and bool(rows.any()):
+            index = rows.nonzero()[:, 0]
+            extra["augmented_index"] = index
+            extra["eps_augmented"] = self._augmented_prediction(index, extra["eps_image"], noise, masks, **context).float()
         return eps_pred, target, extra
 
     def _target(self, targets: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -160,11 +180,22 @@ class SynthTask(TrainTask):
         return self.backbone.denoise(noisy, timesteps, states, mixed)
 
     def _image_branch_prediction(self, noisy, timesteps, states, residuals, images) -> torch.Tensor:
-        """Siamese Image-Diffusion: c_mix = w_i · c_i + w_m · sg[c_m] (eq. 5), same networks."""
+        """Siamese Image-Diffusion: c_mix = w_i · c_i + w_m · sg[c_m] (eq. 5), same ControlNet;
+        the UNet trains through this branch unless the objective runs it as a copy θ′."""
         image_residuals = self.backbone.control(noisy, timesteps, states, self.backbone.image_hint(images))
         image_weight = self.objective.image_control_weight(self.global_step, self.total_steps)
         mixed = mix_residuals(image_residuals, detach_residuals(residuals), image_weight, self.objective.mask_control_weight)
-        return self.backbone.denoise(noisy, timesteps, states, mixed)
+        return self.backbone.denoise(noisy, timesteps, states, mixed, unet_grad=self.objective.image_branch_updates_unet)
+
+    def _augmented_prediction(self, index, eps_image, noise, masks, noisy, timesteps, states, **_) -> torch.Tensor:
+        """Mask-Diffusion's ε̂^m′ on z′_t for the rows ``index`` (Siamese-Diffusion eq. 11-12)."""
+        if self.noise_scheduler.config.prediction_type != "epsilon":
+            raise ConfigError("online augmentation reconstructs z′₀ from ε̂ (eq. 11): it needs an epsilon-prediction backbone")
+        t = timesteps[index]
+        renoised = renoise_from_prediction(self.noise_scheduler, noisy[index], eps_image[index], noise[index], t)
+        row_states = states[index]
+        residuals = self.backbone.control(renoised, t, row_states, self.backbone.mask_hint(masks[index]))
+        return self.backbone.denoise(renoised, t, row_states, residuals)
 
     # --- snapshots --------------------------------------------------------------------------
     @torch.no_grad()

@@ -104,13 +104,22 @@ class Backbone(abc.ABC):
         )
         return down, mid
 
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, residuals: Residuals) -> torch.Tensor:
-        """UNet prediction with ControlNet residuals added."""
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, residuals: Residuals,
+                unet_grad: bool = True) -> torch.Tensor:
+        """UNet prediction with ControlNet residuals added.
+
+        ``unet_grad=False`` runs the UNet with its parameters detached: gradients still reach the
+        inputs (the residuals, hence the ControlNet) but not the UNet, as through a throw-away
+        copy of it (Siamese-Diffusion's θ′), without copying anything.
+        """
         down, mid = residuals
-        return self.unet(
-            noisy, timesteps, encoder_hidden_states=states,
-            down_block_additional_residuals=list(down), mid_block_additional_residual=mid, return_dict=False,
-        )[0]
+        kwargs = dict(encoder_hidden_states=states, down_block_additional_residuals=list(down),
+                      mid_block_additional_residual=mid, return_dict=False)
+        if unet_grad:
+            return self.unet(noisy, timesteps, **kwargs)[0]
+        unet = getattr(self.unet, "module", self.unet)  # the bare module under a DDP wrapper
+        detached = {name: p.detach() for name, p in unet.named_parameters()}
+        return torch.func.functional_call(unet, detached, (noisy, timesteps), kwargs)[0]
 
     def predict_noise(
         self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_hint: torch.Tensor, cond_tokens: torch.Tensor

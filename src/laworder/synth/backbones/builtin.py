@@ -14,6 +14,7 @@ from torch import nn
 
 from laworder.errors import ConfigError
 from laworder.synth.backbones.base import BACKBONES, Backbone
+from laworder.synth.backbones.dense_hint import set_hint_input
 
 
 class ConditionEmbedding(nn.Module):
@@ -77,6 +78,9 @@ class BuiltinBackbone(Backbone):
         layers_per_block, cross_attention_dim, attention_head_dim, norm_num_groups: UNet shape.
         hint_channels: ControlNet hint encoder widths; one entry = no downsampling, so the mask
             enters at the image resolution (diffusers' default shrinks it 8× for latents).
+        hint_input: ``sparse`` (ControlNet's hint encoder) or ``dense`` (Siamese-Diffusion's DHI,
+            ``dense_hint.py``), the latter with residual blocks of ``dense_hint_channels``
+            at the image resolution (no patch merging in pixel space).
         beta_schedule: DDPM schedule (``squaredcos_cap_v2`` suits small pixel-space images).
     """
 
@@ -95,6 +99,8 @@ class BuiltinBackbone(Backbone):
         attention_head_dim: int | None = None,
         norm_num_groups: int | None = None,
         hint_channels: Sequence[int] = (16,),
+        hint_input: str = "sparse",
+        dense_hint_channels: Sequence[int] = (16, 32),
         beta_schedule: str = "squaredcos_cap_v2",
         num_train_timesteps: int = 1000,
     ) -> None:
@@ -124,6 +130,7 @@ class BuiltinBackbone(Backbone):
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=self.hint_channels, conditioning_channels=image_channels
         )
+        set_hint_input(controlnet, hint_input, image_channels, dense_hint_channels, downsample=1)
         self.modules = {"unet": unet, "controlnet": controlnet, "embedding": ConditionEmbedding(arch["cross_attention_dim"])}
 
     @property

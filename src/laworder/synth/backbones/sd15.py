@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from laworder.errors import ConfigError, MissingWeightsError
 from laworder.synth.backbones.base import BACKBONES, LESION_TOKEN, NULL_TOKEN, Backbone
+from laworder.synth.backbones.dense_hint import PAPER_DENSE_CHANNELS, set_hint_input
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -73,6 +74,8 @@ class StableDiffusionBackbone(Backbone):
         resolution: image size (384 in the paper; a multiple of 8 × the UNet's downsampling).
         prompt: the text condition (dropped with the task's ``cond_drop_prob``; "" is the null).
         gradient_checkpointing: trade compute for memory in the ControlNet.
+        hint_input: ``sparse`` (the ControlNet's own hint encoder) or ``dense`` (Siamese-Diffusion's
+            DHI with ``dense_hint_channels``, patch merging down to the latent size).
     """
 
     name = "sd15"
@@ -86,6 +89,8 @@ class StableDiffusionBackbone(Backbone):
         image_channels: int = 3,
         prompt: str = "a medical image with a lesion",
         gradient_checkpointing: bool = False,
+        hint_input: str = "sparse",
+        dense_hint_channels: Sequence[int] = PAPER_DENSE_CHANNELS,
     ) -> None:
         from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -122,6 +127,7 @@ class StableDiffusionBackbone(Backbone):
             controlnet = ControlNetModel.from_pretrained(Path(controlnet_path).expanduser(), **load)
         else:
             controlnet = self.new_controlnet()
+        set_hint_input(controlnet, hint_input, image_channels, dense_hint_channels, self.downsample)
         if gradient_checkpointing:
             controlnet.enable_gradient_checkpointing()
         self.prompt = prompt

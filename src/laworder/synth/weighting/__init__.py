@@ -10,6 +10,7 @@ from laworder.synth.weighting.base import (  # noqa: F401
     ObjectiveOutput,
     create_objective,
     mask_at_prediction_resolution,
+    objective_backbone_defaults,
     ratio_prior,
 )
 from laworder.synth.weighting import (  # noqa: F401  (registration side effects)
@@ -18,6 +19,7 @@ from laworder.synth.weighting import (  # noqa: F401  (registration side effects
     law,
     noise_consistency,
     ratio,
+    siamese,
     uniform,
 )
 from laworder.synth.weighting.law import DeltaNet, LawObjective  # noqa: F401

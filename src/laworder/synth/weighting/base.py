@@ -55,6 +55,9 @@ class Objective(nn.Module):
 
     #: keys of ``extra`` the training task must supply (e.g. ``("eps_teacher",)``).
     needs: ClassVar[tuple[str, ...]] = ()
+    #: backbone keyword arguments this method implies unless the config sets them
+    #: (read by ``objective_backbone_defaults``; e.g. Siamese-Diffusion's dense hint input).
+    backbone_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, channels: int | None = None) -> None:
         super().__init__()
@@ -79,10 +82,20 @@ class Objective(nn.Module):
     def has_parameters(self) -> bool:
         return any(True for _ in self.parameters())
 
+    def augmentation_rows(self, timesteps: torch.Tensor, step: int | None, total_steps: int | None) -> torch.Tensor | None:
+        """Samples (``B`` bool) the training task should also run through online augmentation
+        at this step; ``None`` (the default) for methods without it."""
+        return None
+
 
 def create_objective(name: str, **kwargs: Any) -> Objective:
     """``create_objective("law", channels=4, tau=3.0)``; unknown names list the known ones."""
     return OBJECTIVES.create(name, **kwargs)
+
+
+def objective_backbone_defaults(name: str) -> dict[str, Any]:
+    """Backbone keyword arguments objective ``name`` implies (empty for most)."""
+    return dict(getattr(OBJECTIVES.get(name), "backbone_defaults", {}))
 
 
 # --- input checks ---------------------------------------------------------------------------

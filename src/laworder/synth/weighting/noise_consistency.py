@@ -20,6 +20,9 @@ class NoiseConsistencyObjective(Objective):
     Args:
         consistency_weight: w_c (1.0). mask_control_weight: w_m (1.0).
         image_weight_ramp: w_i = k / N_iter (True, the paper) or constant 1 (False).
+        image_branch_updates_unet: whether L_i also trains the UNet (True here); the paper's
+            Image-Diffusion runs a deep copy θ′ of the UNet, so L_i reaches the ControlNet only
+            (``siamese`` sets False).
     """
 
     needs = ("eps_image",)
@@ -29,6 +32,7 @@ class NoiseConsistencyObjective(Objective):
         consistency_weight: float = 1.0,
         mask_control_weight: float = 1.0,
         image_weight_ramp: bool = True,
+        image_branch_updates_unet: bool = True,
         channels: int | None = None,
     ) -> None:
         super().__init__(channels)
@@ -37,6 +41,7 @@ class NoiseConsistencyObjective(Objective):
         self.consistency_weight = float(consistency_weight)
         self.mask_control_weight = float(mask_control_weight)
         self.image_weight_ramp = bool(image_weight_ramp)
+        self.image_branch_updates_unet = bool(image_branch_updates_unet)
 
     def image_control_weight(self, step: int | None, total_steps: int | None) -> float:
         """w_i of eq. 5 at optimizer step ``step`` of ``total_steps``."""

@@ -1,0 +1,105 @@
+"""Dense Hint Input (Siamese-Diffusion §3.4, Fig. 2c): a ControlNet hint encoder for images.
+
+ControlNet's sparse hint input (``ControlNetConditioningEmbedding``: a few plain convolutions)
+suits masks and edges; a real image as the hint needs more capacity for texture and colour.
+DHI stacks residual blocks of growing width (16, 32, 64, 128, 256 in the paper) and downsamples
+with Swin's patch merging instead of strided convolutions; its last convolution is zero-initialised,
+like ControlNet's, so training starts from the unconditioned UNet. The same module encodes the
+mask (Mask-Diffusion) and the image (Image-Diffusion).
+
+``hint_input="dense"`` on a backbone swaps it into the ControlNet (``controlnet_cond_embedding``).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from laworder.errors import ConfigError
+
+HINT_INPUTS = ("sparse", "dense")
+PAPER_DENSE_CHANNELS = (16, 32, 64, 128, 256)
+
+
+class ResidualBlock(nn.Module):
+    """conv-SiLU-conv + identity (1×1 conv when the width changes), then SiLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
+
+
+class PatchMerging(nn.Module):
+    """Swin's 2× downsampling: each 2×2 patch's channels concatenated, LayerNorm, Linear 4C -> 2C."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * channels)
+        self.reduction = nn.Linear(4 * channels, 2 * channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        if height % 2 or width % 2:
+            raise ValueError(f"patch merging needs even height and width, got {tuple(x.shape)}")
+        x = x.permute(0, 2, 3, 1)
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x)).permute(0, 3, 1, 2)
+
+
+class DenseHintInput(nn.Module):
+    """Hint ``B×conditioning_channels×H×W`` -> ``B×out_channels×(H/downsample)×(W/downsample)``.
+
+    Args:
+        conditioning_channels: channels of the hint image.
+        out_channels: the ControlNet's first block width (what the embedding is added to).
+        channels: residual-block widths, one block per entry (paper: 16, 32, 64, 128, 256).
+        downsample: total downsampling, a power of two (8 for SD latents, 1 in pixel space); the
+            2× steps are patch merges placed before the last blocks, as in the authors' code.
+
+    Raises:
+        ConfigError: ``downsample`` not a power of two, or more 2× steps than blocks after the first.
+    """
+
+    def __init__(self, conditioning_channels: int, out_channels: int, channels: Sequence[int] = PAPER_DENSE_CHANNELS,
+                 downsample: int = 8) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        merges = downsample.bit_length() - 1
+        if downsample < 1 or downsample != 2**merges:
+            raise ConfigError(f"downsample must be a power of two, got {downsample}")
+        if not channels or min(channels) < 1 or merges > len(channels) - 1:
+            raise ConfigError(f"dense hint channels {channels} cannot downsample {downsample}×: "
+                              f"need at least {merges + 1} positive widths")
+        layers: list[nn.Module] = [nn.Conv2d(conditioning_channels, channels[0], 3, padding=1), ResidualBlock(channels[0], channels[0])]
+        for index in range(1, len(channels)):
+            previous = channels[index - 1]
+            if index >= len(channels) - merges:
+                layers.append(PatchMerging(previous))
+                previous *= 2
+            layers += [nn.Conv2d(previous, channels[index], 3, padding=1), ResidualBlock(channels[index], channels[index])]
+        self.layers = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.layers(hint))
+
+
+def set_hint_input(controlnet: nn.Module, hint_input: str, conditioning_channels: int,
+                   dense_channels: Sequence[int], downsample: int) -> nn.Module:
+    """Give ``controlnet`` the sparse (diffusers' own, unchanged) or the dense hint input."""
+    if hint_input not in HINT_INPUTS:
+        raise ConfigError(f"hint_input must be one of {HINT_INPUTS}, got {hint_input!r}")
+    if hint_input == "dense":
+        controlnet.controlnet_cond_embedding = DenseHintInput(
+            conditioning_channels, controlnet.config.block_out_channels[0], dense_channels, downsample)
+    return controlnet
