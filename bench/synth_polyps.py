@@ -78,10 +78,19 @@ def main() -> int:
         rows[objective], runs[objective] = row, run_dir
         print(f"[synth_polyps] {objective}: train {train_s:.0f} s, sample {sample_s:.0f} s, "
               f"recovery {row.get('mask_recovery', {}).get('dice')}", flush=True)
+    command = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "objectives", "resume")}
+    summary = out.parent / "synth_polyps.json"
+    commands = [command]
+    if summary.is_file():  # a later run adds objectives (same settings) to the earlier ones
+        earlier = json.loads(summary.read_text())
+        if earlier.get("settings") == settings:
+            rows = {**earlier["results"], **rows}
+            commands = earlier.get("commands", [earlier.get("command")]) + commands
+    runs = {name: row["run_dir"] for name, row in rows.items()}
     plot_training_curves(runs, out / "curves.png", keys=("loss",))
     picture_grid(rows, out / "grid.png")
-    command = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
-    payload = {"command": command, "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    payload = {"command": " && ".join(commands), "commands": commands, "settings": settings,
                "pool_masks": f"first {args.per_subset} test masks of Kvasir and of CVC-ClinicDB",
                "results": rows, "seconds": time.time() - started}
     (out.parent / "synth_polyps.json").write_text(json.dumps(payload, indent=2))

@@ -22,11 +22,12 @@ class ExportReport:
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, channels: int = 3,
-                opset: int = 17, atol: float = 1e-4, seed: int = 0) -> ExportReport:
+                opset: int = 17, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0) -> ExportReport:
     """Export ``model`` (eval mode, dynamic batch) and check onnxruntime against eager PyTorch.
 
-    Raises ``LaworderError`` when the outputs differ by more than ``atol`` (nothing is left
-    behind in that case).
+    Raises ``LaworderError`` when any logit differs by more than ``atol + rtol·|logit|``
+    (``numpy.allclose``'s rule; large networks reach logits of ±50, where float32 round-off
+    alone exceeds a fixed 1e-4). Nothing is left behind in that case.
     """
     import onnxruntime as ort
 
@@ -42,9 +43,10 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
         expected = model(example).numpy()
     got = session.run(None, {"image": example.numpy()})[0]
     diff = float(np.abs(expected - got).max())
-    if not diff <= atol:
+    if not np.allclose(got, expected, rtol=rtol, atol=atol):
         tmp.unlink(missing_ok=True)
-        raise LaworderError(f"ONNX parity check failed: max |torch - onnxruntime| = {diff:.3g} > atol {atol}")
+        raise LaworderError(f"ONNX parity check failed: max |torch - onnxruntime| = {diff:.3g} "
+                            f"(allowed {atol} + {rtol}·|logit|)")
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps({"input_size": input_size, "channels": channels, "opset": opset,
                                                      "max_abs_diff": diff}, indent=2))
