@@ -25,7 +25,8 @@ def run_synth_demo(config, root: Path, train_dir: Path, test_dir: Path, segmente
     runs = {}
     for objective in config.synth_objectives:
         print(f"[demo] training the diffusion backbone with '{objective}' weighting ({config.synth_steps} steps)")
-        synth = SynthConfig(data=str(train_dir), objective=objective, resolution=config.synth_resolution)
+        synth = SynthConfig(data=str(train_dir), objective=objective, resolution=config.synth_resolution,
+                            backbone_kwargs=dict(config.synth_backbone_kwargs))
         synth.loop.output_dir = str(root / "synth" / objective)
         synth.loop.max_steps = config.synth_steps
         synth.loop.batch_size = config.synth_batch_size
@@ -57,7 +58,14 @@ def run_synth_demo(config, root: Path, train_dir: Path, test_dir: Path, segmente
     seg_config.loop.overwrite = True
     seg_config.loop.resume = False
     pool_name = "law" if "law" in section["objectives"] else next(iter(section["objectives"]))
-    for arm, extra in (("real", []), (f"real+{pool_name}", [section["objectives"][pool_name]["pool"]])):
+    # The augmentation pool is conditioned on *training* masks: a pool drawn from the test masks
+    # would leak the test set's lesion shapes into training.
+    print(f"[demo] sampling a '{pool_name}' augmentation pool from {config.augment_pool_size} training masks")
+    augment_pool = sample_pool(runs[pool_name], str(train_dir), root / "pools" / f"{pool_name}_train",
+                               steps=config.sample_steps, guidance_scale=config.guidance_scale, seed=config.seed,
+                               batch_size=16, limit=config.augment_pool_size, overwrite=True, progress=config.progress)
+    section["augmentation_pool"] = str(augment_pool)
+    for arm, extra in (("real", []), (f"real+{pool_name}", [str(augment_pool)])):
         arm_config = copy.deepcopy(seg_config)
         arm_config.extra_train = extra
         arm_config.loop.output_dir = str(root / "augmentation" / arm.replace("+", "_plus_"))
@@ -83,6 +91,7 @@ def _markdown(section: dict[str, Any], config) -> list[str]:
         lines.append(f"| {name} | {r['dice']['mean']:.3f} ± {r['dice']['std']:.3f} | {r['iou']['mean']:.3f} ± {r['iou']['std']:.3f} | {r['count']} |")
     lines += ["", "![diffusion training loss](figures/synth_curves.png)", "",
               "## Downstream augmentation (one seed; validation on real images only)", "",
+             f"The synthetic pool is sampled from {config.augment_pool_size} *training* masks (never the test masks).", "",
               "| Training set | Train pairs (real + synthetic) | Test Dice | Test IoU |", "|---|---|---|---|"]
     for arm, row in section["augmentation"].items():
         lines.append(f"| {arm} | {row['num_train']} + {row['num_extra']} | {100 * row['test']['dice']:.1f} | {100 * row['test']['iou']:.1f} |")

@@ -123,7 +123,8 @@ def profile_model(name: str, image_size: int = 256, batch_size: int = 16, device
         from laworder.seg.export import OnnxSegmenter, export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(model, Path(tmp) / f"{name}.onnx", input_size=image_size).path
+            # Timing, not a parity gate: ``laworder seg export`` keeps the strict check.
+            path = export_onnx(model, Path(tmp) / f"{name}.onnx", input_size=image_size, atol=1e-2).path
             session = OnnxSegmenter(path)
             onnx_latency = _median_seconds(lambda: session(single), repeats, warmup) * 1000
     return ProfileRow(label or name, params, float(flops_cl), float(flops_all), latency * 1000, batch_size / batch_time,
