@@ -107,15 +107,29 @@ class BidirectionalSkipAttention(nn.Module):
         batch, _, height, width = like.shape
         return x.transpose(-2, -1).reshape(batch, self.num_heads * self.head_dim, height, width)
 
+    def _attend(self, query_d: torch.Tensor, key_e: torch.Tensor, value_d: torch.Tensor,
+                value_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 13-14 on ``B×H_a×N×d_h`` tensors: ONE similarity S, read in both directions."""
+        similarity = (query_d * self.head_dim**-0.5) @ key_e.transpose(-2, -1)  # eq. 13, B×H_a×N×N
+        read_decoder = similarity.softmax(dim=-1) @ value_e  # eq. 14: R_d
+        read_skip = similarity.transpose(-2, -1).softmax(dim=-1) @ value_d  # R_e, same S
+        return read_decoder, read_skip
+
     def forward(self, decoder: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         query_d, value_d = self.decoder_qv(self.norm_decoder(decoder)).chunk(2, dim=1)
         key_e, value_e = self.skip_kv(self.norm_skip(skip)).chunk(2, dim=1)
         query_d, value_d = self._split_heads(query_d), self._split_heads(value_d)
         key_e, value_e = self._split_heads(key_e), self._split_heads(value_e)
 
-        similarity = (query_d * self.head_dim**-0.5) @ key_e.transpose(-2, -1)  # eq. 13, B×H_a×N×N
-        read_decoder = similarity.softmax(dim=-1) @ value_e  # eq. 14: R_d
-        read_skip = similarity.transpose(-2, -1).softmax(dim=-1) @ value_d  # R_e, same S
+        if torch.is_grad_enabled() or _is_exporting() or query_d.shape[0] == 1:
+            read_decoder, read_skip = self._attend(query_d, key_e, value_d, value_e)
+        else:
+            # Inference on a batch: one sample at a time keeps only one sample's N×N maps alive
+            # (at 256², batch 16: ~270 MB of similarity/softmax maps -> ~17 MB), same arithmetic.
+            # Training keeps the batched path: autograd stores the maps for backward either way.
+            reads = [self._attend(*parts) for parts in zip(*(t.split(1) for t in (query_d, key_e, value_d, value_e)))]
+            read_decoder = torch.cat([r[0] for r in reads])
+            read_skip = torch.cat([r[1] for r in reads])
         delta_decoder = self.proj_decoder(self._merge_heads(read_decoder, decoder))  # eq. 15
         delta_skip = self.proj_skip(self._merge_heads(read_skip, skip))
 
