@@ -346,3 +346,19 @@ def test_onnx_export_matches_onnxruntime(name):
     torch.testing.assert_close(torch.from_numpy(onnx_logits), torch_logits, atol=1e-4, rtol=1e-4)
     (single,) = session.run(None, {"image": images[:1].numpy()})  # the batch axis is dynamic
     torch.testing.assert_close(torch.from_numpy(single), torch_logits[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_order_per_sample_inference_attention_matches_batched_path():
+    """No-grad batched inference attends one sample at a time (for memory); it must give the
+    same logits as the batched path that training (grad enabled) takes."""
+    torch.manual_seed(0)
+    model = create_model("order").eval()
+    for module in model.modules():
+        if hasattr(module, "proj_decoder"):  # zero-initialised: give the attention a say
+            torch.nn.init.normal_(module.proj_decoder.weight, 0, 0.1)
+            torch.nn.init.normal_(module.proj_skip.weight, 0, 0.1)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        per_sample = model(images)
+    batched = model(images).detach()
+    assert torch.allclose(per_sample, batched, atol=1e-6)
