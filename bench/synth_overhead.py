@@ -146,6 +146,8 @@ def main() -> int:
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--out")
     parser.add_argument("--peak-only", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", nargs="+", default=["law", "cfg"], choices=["law", "cfg"],
+                        help="which measurements to (re)run; the others are kept from an existing --out file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,11 +158,17 @@ def main() -> int:
     result = {"command": "python bench/synth_overhead.py " + " ".join(sys.argv[1:]),
               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
-    result["law_overhead"] = law_overhead(device, args.batch_size, args.resolution, args.rounds, 3)
-    print(json.dumps(result["law_overhead"], indent=2), flush=True)
-    result["cfg_batching"] = cfg_batching(device, args.batch_size, args.resolution, args.sample_steps, max(2, args.rounds // 2))
-    print(json.dumps(result["cfg_batching"], indent=2))
     out = Path(args.out or ROOT / "bench" / "results" / f"synth_overhead_{device.type}.json")
+    if set(args.parts) != {"law", "cfg"} and out.is_file():
+        earlier = json.loads(out.read_text())
+        result = {**earlier, "machine": result["machine"],
+                  "command": earlier.get("command", "") + " ; " + result["command"]}
+    if "law" in args.parts:
+        result["law_overhead"] = law_overhead(device, args.batch_size, args.resolution, args.rounds, 3)
+        print(json.dumps(result["law_overhead"], indent=2), flush=True)
+    if "cfg" in args.parts:
+        result["cfg_batching"] = cfg_batching(device, args.batch_size, args.resolution, args.sample_steps, max(2, args.rounds // 2))
+        print(json.dumps(result["cfg_batching"], indent=2))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
