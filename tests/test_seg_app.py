@@ -144,3 +144,19 @@ def test_cli_lists_models_and_rejects_unknown(capsys, tiny_data, tmp_path):
     assert cli(["seg", "train", "--data", str(tiny_data), "--model", "nope", "-o", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'nope'" in err and "mk_unet" in err
+
+
+def test_onnx_export_refuses_a_model_whose_onnx_output_differs(tmp_path):
+    """A graph onnxruntime runs differently from PyTorch (fresh noise on every call) fails the
+    parity check with a clear error, and no .onnx file is left behind."""
+    from laworder.errors import LaworderError
+    from laworder.seg.export import export_onnx
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1] + torch.rand_like(x[:, :1])
+
+    target = tmp_path / "noisy.onnx"
+    with pytest.raises(LaworderError, match="parity check failed"):
+        export_onnx(Noisy(), target, input_size=32)
+    assert not target.exists() and not list(tmp_path.glob("*.onnx"))

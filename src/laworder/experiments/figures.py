@@ -13,6 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
@@ -32,12 +42,7 @@ def plot_training_curves(runs: dict[str, str | Path], out: str | Path, keys: Seq
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, color=(1.0, 0.25, 0.0), alpha=0.45) -> np.ndarray:
@@ -70,9 +75,4 @@ def plot_qualitative_grid(images: np.ndarray, masks: np.ndarray, predictions: di
                 ax.set_title(headers[col], fontsize=8)
         if titles:
             axes[row][0].set_ylabel(titles[row], fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)

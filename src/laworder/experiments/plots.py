@@ -17,15 +17,7 @@ from laworder.data.layouts import load_dataset
 from laworder.data.records import PairRecord
 from laworder.errors import LaworderError
 from laworder.experiments.figures import plot_qualitative_grid, plt
-
-
-def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+from laworder.experiments.figures import save_figure as _save
 
 
 def plot_dose_response(doses: Sequence[int], means: Sequence[float], stds: Sequence[float], out: str | Path,

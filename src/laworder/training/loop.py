@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from laworder.config import save_config, to_dict
+from laworder.config import save_config
 from laworder.errors import NonFiniteLossError, RunDirError
 from laworder.training import checkpoint as ckpt
 from laworder.training.config import LoopConfig
@@ -321,7 +321,3 @@ def _export_weights(task: TrainTask, ema) -> dict[str, torch.nn.Module]:
     if ema:
         return {name: averaged.module for name, averaged in ema.items()}
     return {name: task.unwrapped(name) for name in task.modules}
-
-
-def describe(config: LoopConfig) -> dict[str, Any]:
-    return to_dict(config)
