@@ -6,17 +6,9 @@
 Tested per subset (Kvasir, CVC-ClinicDB); writes bench/results/polyps.{json,md}.
 """
 
-import importlib.util
-import sys
+import runpy
 from pathlib import Path
 
-# bench/ holds profile.py, which would shadow the standard library's ``profile`` module.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("seg_compare", HERE / "seg_compare.py")
-seg_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(seg_compare)
-ROOT, parse, run = seg_compare.ROOT, seg_compare.parse, seg_compare.run
-
 if __name__ == "__main__":
-    run(parse(str(ROOT.parent / "shared" / "data" / "polyps"), "polyps"), "polyps")
+    bench = runpy.run_path(str(Path(__file__).with_name("seg_compare.py")))  # not importable: see seg_compare.py
+    bench["main"]("polyps", bench["ROOT"].parent / "shared" / "data" / "polyps")

@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# bench/ holds profile.py, which would shadow the standard library's ``profile`` module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 
 def parse(default_data: str, name: str) -> argparse.Namespace:
@@ -71,3 +74,8 @@ def run(args: argparse.Namespace, name: str) -> dict:
     (out.parent / f"{name}.md").write_text(f"Command: `{command}`\n\nProtocol: {json.dumps(payload['protocol'])}\n\n{table}")
     print(table)
     return payload
+
+
+def main(name: str, default_data: Path) -> dict:
+    """Entry point of the per-dataset scripts (``bench/polyps.py``, ``bench/brisc.py``)."""
+    return run(parse(str(default_data), name), name)

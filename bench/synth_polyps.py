@@ -38,6 +38,11 @@ def main() -> int:
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--segmenter", help="seg run folder for mask recovery (trained on real images)")
+    parser.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights (sampling uses it)")
+    parser.add_argument("--train-pool", type=int, default=0,
+                        help="also sample a pool from this many training masks (seeded draw) for Tables 4-5")
+    parser.add_argument("--train-pool-objectives", nargs="+", default=["uniform", "law"])
+    parser.add_argument("--train-pool-steps", type=int, default=25, help="DDIM steps of the training-mask pools")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "synth_polyps"))
     parser.add_argument("--resume", action="store_true")
@@ -54,6 +59,8 @@ def main() -> int:
     out = Path(args.out)
     collection = load_dataset(args.data)
     masks = [r for subset in ("Kvasir", "CVC-ClinicDB") for r in collection.test[subset][: args.per_subset]]
+    order = np.random.default_rng(0).permutation(len(collection.train))
+    train_masks = [collection.train[int(i)] for i in order[: args.train_pool]]
     started = time.time()
     rows, runs = {}, {}
     for objective in args.objectives:
@@ -62,6 +69,7 @@ def main() -> int:
         loop.output_dir, loop.max_steps, loop.batch_size, loop.lr = str(out / "runs" / objective), args.steps, args.batch_size, args.lr
         loop.checkpoint_every, loop.snapshot_every, loop.progress = 100, 100, False
         loop.resume, loop.overwrite = args.resume, not args.resume
+        loop.ema_decay = args.ema_decay
         t0 = time.time()
         run_dir = train_synth(config)
         train_s = time.time() - t0
@@ -75,11 +83,17 @@ def main() -> int:
             recovery = mask_recovery(args.segmenter, pool)
             recovery.pop("per_image")
             row["mask_recovery"] = recovery
+        if train_masks and objective in args.train_pool_objectives:
+            t0 = time.time()
+            train_pool = sample_pool(run_dir, train_masks, out / "pools" / f"{objective}_train", steps=args.train_pool_steps,
+                                     guidance_scale=args.guidance, seed=0, batch_size=16, overwrite=True)
+            row["train_pool"], row["train_pool_seconds"] = str(train_pool), time.time() - t0
+            shutil.copy(train_pool / "manifest.json", out / f"{objective}_train_manifest.json")
         rows[objective], runs[objective] = row, run_dir
         print(f"[synth_polyps] {objective}: train {train_s:.0f} s, sample {sample_s:.0f} s, "
               f"recovery {row.get('mask_recovery', {}).get('dice')}", flush=True)
     command = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "objectives", "resume")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "objectives", "resume", "train_pool_objectives")}
     summary = out.parent / "synth_polyps.json"
     commands = [command]
     if summary.is_file():  # a later run adds objectives (same settings) to the earlier ones
@@ -92,6 +106,7 @@ def main() -> int:
     picture_grid(rows, out / "grid.png")
     payload = {"command": " && ".join(commands), "commands": commands, "settings": settings,
                "pool_masks": f"first {args.per_subset} test masks of Kvasir and of CVC-ClinicDB",
+               "train_pool_masks": f"{args.train_pool} training masks (seeded permutation, seed 0), DDIM {args.train_pool_steps} steps",
                "results": rows, "seconds": time.time() - started}
     (out.parent / "synth_polyps.json").write_text(json.dumps(payload, indent=2))
     (out.parent / "synth_polyps.md").write_text(markdown(payload))

@@ -35,6 +35,13 @@ def test_every_paper_table_has_a_config_and_a_tiny_variant_that_load(table):
         assert tiny.seg.data.startswith("procedural:") and tiny.seg.image_size <= 64
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*_cpu.yaml")), ids=lambda p: p.stem)
+def test_cpu_scale_configs_behind_committed_results_load(path):
+    kind, experiment, config = load_experiment(path)
+    assert kind in list_experiments() and type(config) is experiment.config_class
+    assert config.output_dir.startswith("bench/results/") and config.seg.model in ("order", "mk_unet")
+
+
 def test_seg_compare_tiny_runs_each_variant_over_seeds_and_reports(tmp_path):
     run_dir = run_experiment(CONFIGS / "table7_8_seg_compare_tiny.yaml", QUIET, output_dir=tmp_path / "exp",
                              progress=False, command="pytest seg_compare")

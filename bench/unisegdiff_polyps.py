@@ -1,0 +1,211 @@
+"""UniSegDiff vs ORDER and MK-UNet on the real polyp data, with per-image inference cost.
+
+Same CPU-scale protocol and splits as ``bench/polyps.py`` (per seed a fresh group-aware 90/10
+split with ``split_seed = seed``, best-validation weights, Kvasir and CVC-ClinicDB tested
+separately): UniSegDiff trains its two stages one after the other (the CFENet for segmentation,
+then the DNet on the frozen CFENet), each for ``--epochs`` epochs. Validation during the
+diffusion stage fuses ``--val-samples`` masks per image to stay affordable; the test uses the
+paper's 20. ORDER and MK-UNet rows are read from ``bench/results/polyps.json`` (same protocol,
+same seeds) when its settings match, else trained here.
+
+    .venv/bin/python bench/unisegdiff_polyps.py --epochs 10 --image-size 96 --seeds 0 1
+
+Inference cost: batch-1 latency per image (median of repeats, 1 thread, side by side in one
+process), FLOPs of one forward (conv/linear convention) and the wall time of the test pass.
+Writes bench/results/unisegdiff_polyps.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/profile.py shadows stdlib
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "polyps"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each UniSegDiff stage")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--val-samples", type=int, default=2, help="fused masks per image during validation")
+    parser.add_argument("--eval-samples", type=int, default=20, help="fused masks per image at test (paper: 20)")
+    parser.add_argument("--compare", default=str(ROOT / "bench" / "results" / "polyps.json"),
+                        help="bench/polyps.py results holding the ORDER and MK-UNet rows")
+    parser.add_argument("--baselines", nargs="+", default=["order", "mk_unet"])
+    parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "unisegdiff_polyps"))
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args()
+
+
+def seg_config(args: argparse.Namespace, model: str, output_dir: Path, seed: int, model_kwargs: dict):
+    from laworder.seg.config import SegTrainConfig
+    from laworder.training import LoopConfig
+
+    loop = LoopConfig(output_dir=str(output_dir), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      monitor="val_dice", monitor_mode="max", resume=args.resume, overwrite=not args.resume,
+                      progress=False, log_every=20, seed=seed)
+    return SegTrainConfig(data=args.data, model=model, image_size=args.image_size, model_kwargs=model_kwargs,
+                          split_seed=seed, loop=loop)
+
+
+def finished(run_dir: Path) -> bool:
+    state_path = run_dir / "run.json"
+    if not state_path.is_file():
+        return False
+    state = json.loads(state_path.read_text())
+    return state.get("global_step", 0) >= state.get("total_steps", 1)
+
+
+def train_unisegdiff(args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, dict]:
+    """Both stages for one seed; returns the diffusion run folder and the stages' wall times."""
+    from laworder.seg.train import train_segmenter
+
+    feature_dir, diffusion_dir = out / "runs" / "feature" / f"seed{seed}", out / "runs" / "diffusion" / f"seed{seed}"
+    seconds = {}
+    for name, run_dir, kwargs in (
+        ("feature", feature_dir, {"stage": "feature"}),
+        ("diffusion", diffusion_dir, {"stage": "diffusion", "feature_weights": str(feature_dir),
+                                      "num_samples": args.val_samples}),
+    ):
+        t0 = time.time()
+        if not (args.resume and finished(run_dir)):
+            train_segmenter(seg_config(args, "unisegdiff", run_dir, seed, kwargs))
+        seconds[f"train_{name}"] = time.time() - t0
+        print(f"[unisegdiff] seed {seed} {name} stage: {seconds[f'train_{name}']:.0f} s", flush=True)
+    return diffusion_dir, seconds
+
+
+def latency_ms(model: torch.nn.Module, image_size: int, repeats: int) -> float:
+    """Median batch-1 forward time in milliseconds (one warm-up call)."""
+    x = torch.rand(1, 3, image_size, image_size)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def inference_cost(args: argparse.Namespace, diffusion_dir: Path) -> dict:
+    """Per-image cost of each method side by side: latency, FLOPs, parameters."""
+    from laworder.models import create_model
+    from laworder.models.flops import conv_linear_flops, count_parameters
+    from laworder.seg.loading import load_segmenter
+
+    usd, _ = load_segmenter(diffusion_dir, "best")
+    usd.num_samples = args.eval_samples
+    models = {"unisegdiff": usd, **{name: create_model(name).eval() for name in args.baselines}}
+    size = (1, 3, args.image_size, args.image_size)
+    rows = {}
+    for name, model in models.items():
+        rows[name] = {"params": count_parameters(model), "gflops_per_image": conv_linear_flops(model, size) / 1e9,
+                      "ms_per_image": latency_ms(model, args.image_size, 1 if name == "unisegdiff" else args.latency_repeats)}
+    for name, row in rows.items():
+        row["latency_vs_order"] = row["ms_per_image"] / rows["order"]["ms_per_image"] if "order" in rows else None
+    return rows
+
+
+def baseline_results(args: argparse.Namespace, out: Path) -> tuple[list, str]:
+    """ORDER / MK-UNet rows: from bench/polyps.py when its protocol matches, else trained here."""
+    from laworder.seg.protocol import ProtocolResult, run_protocol
+
+    compare = Path(args.compare)
+    if compare.is_file():
+        payload = json.loads(compare.read_text())
+        p = payload["protocol"]
+        same = (p["seeds"] == args.seeds and p["epochs"] == args.epochs and p["image_size"] == args.image_size
+                and p["batch_size"] == args.batch_size and p["lr"] == args.lr)
+        rows = [r for r in payload["results"] if r["model"] in args.baselines]
+        if same and len(rows) == len(args.baselines):
+            return [ProtocolResult(**r) for r in rows], f"from {compare.relative_to(ROOT)} ({payload['command']})"
+    results = []
+    for name in args.baselines:
+        config = seg_config(args, name, out / "runs" / name, 0, {})
+        results.append(run_protocol(config, seeds=args.seeds))
+    return results, "trained by this run"
+
+
+def main() -> int:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
+    from laworder.seg.loading import load_segmenter
+    from laworder.seg.protocol import format_protocol, summarise
+
+    out = Path(args.out)
+    started = time.time()
+    test_sets = evaluation_subsets(args.data)
+    evals, timings = [], {}
+    diffusion_dir = None
+    for seed in args.seeds:
+        diffusion_dir, seconds = train_unisegdiff(args, out, seed)
+        model, _ = load_segmenter(diffusion_dir, "best")
+        model.num_samples = args.eval_samples
+        t0 = time.time()
+        ev = evaluate_records(model, test_sets, args.image_size)
+        seconds["test"] = time.time() - t0
+        seconds["test_per_image"] = seconds["test"] / sum(len(r) for r in test_sets.values())
+        write_eval(ev, diffusion_dir, f"unisegdiff seed {seed} ({args.eval_samples} samples)")
+        evals.append(ev)
+        timings[f"seed{seed}"] = seconds
+        print(f"[unisegdiff] seed {seed}: mean Dice {100 * ev.mean['dice']:.1f}, test {seconds['test']:.0f} s", flush=True)
+    usd = summarise("unisegdiff", list(args.seeds), evals)
+    baselines, source = baseline_results(args, out)
+    cost = inference_cost(args, diffusion_dir)
+    command = "python bench/unisegdiff_polyps.py " + " ".join(sys.argv[1:])
+    payload = {
+        "command": command,
+        "protocol": {"seeds": args.seeds, "epochs_per_stage": args.epochs, "image_size": args.image_size,
+                     "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
+                     "val_samples": args.val_samples, "eval_samples": args.eval_samples,
+                     "optimizer": "AdEMAMix (alpha=2, decoupled wd 1e-4)", "schedule": "cosine to 1e-6",
+                     "baselines": source},
+        "results": [usd.to_json()] + [r.to_json() for r in baselines],
+        "unisegdiff_seconds": timings,
+        "inference_cost": cost,
+        "seconds": time.time() - started,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out.parent / "unisegdiff_polyps.json").write_text(json.dumps(payload, indent=2))
+    md = markdown(payload, format_protocol([usd] + baselines))
+    (out.parent / "unisegdiff_polyps.md").write_text(md)
+    print(md)
+    return 0
+
+
+def markdown(payload: dict, table: str) -> str:
+    p = payload["protocol"]
+    lines = [f"Command: `{payload['command']}`", "",
+             f"CPU scale: {p['image_size']}², {p['epochs_per_stage']} epochs per UniSegDiff stage (CFENet, then DNet), "
+             f"batch {p['batch_size']}, lr {p['lr']}, seeds {p['seeds']}; UniSegDiff validates with "
+             f"{p['val_samples']} fused samples and is tested with {p['eval_samples']}. ORDER / MK-UNet: {p['baselines']}.",
+             "", table, "", "Inference cost per image (batch 1, 1 thread, measured side by side):", "",
+             "| Method | Params | GFLOPs / image | ms / image | × ORDER |", "|---|---|---|---|---|"]
+    for name, row in payload["inference_cost"].items():
+        ratio = f"{row['latency_vs_order']:.0f}×" if row["latency_vs_order"] else "–"
+        lines.append(f"| {name} | {row['params']:,} | {row['gflops_per_image']:.3f} | {row['ms_per_image']:.1f} | {ratio} |")
+    lines += ["", "UniSegDiff wall time per seed (s): " + ", ".join(
+        f"{seed}: feature {t['train_feature']:.0f}, diffusion {t['train_diffusion']:.0f}, test {t['test']:.0f} "
+        f"({t['test_per_image']:.2f} s/image)" for seed, t in payload["unisegdiff_seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
