@@ -50,10 +50,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from laworder.data.layouts import load_dataset
-    from laworder.experiments.figures import plot_training_curves
     from laworder.metrics.mask_recovery import mask_recovery
     from laworder.synth.config import SynthConfig
-    from laworder.synth.sampler import sample_pool
     from laworder.synth.task import train_synth
 
     out = Path(args.out)
@@ -62,7 +60,7 @@ def main() -> int:
     order = np.random.default_rng(0).permutation(len(collection.train))
     train_masks = [collection.train[int(i)] for i in order[: args.train_pool]]
     started = time.time()
-    rows, runs = {}, {}
+    rows = {}
     for objective in args.objectives:
         config = SynthConfig(data=args.data, objective=objective, resolution=args.resolution)
         loop = config.loop
@@ -72,11 +70,9 @@ def main() -> int:
         loop.ema_decay = args.ema_decay
         t0 = time.time()
         run_dir = train_synth(config)
-        train_s = time.time() - t0
-        t0 = time.time()
-        pool = sample_pool(run_dir, masks, out / "pools" / objective, steps=args.sample_steps,
-                           guidance_scale=args.guidance, seed=0, batch_size=16, overwrite=True)
-        sample_s = time.time() - t0
+        # a resumed, finished run reports the seconds its training took, not this no-op
+        train_s = json.loads((run_dir / "run.json").read_text()).get("seconds", time.time() - t0)
+        pool, sample_s = pool_for(args, run_dir, masks, out / "pools" / objective, args.sample_steps)
         shutil.copy(pool / "manifest.json", out / f"{objective}_manifest.json")
         row = {"run_dir": str(run_dir), "pool": str(pool), "train_seconds": train_s, "sample_seconds": sample_s}
         if args.segmenter:
@@ -84,14 +80,36 @@ def main() -> int:
             recovery.pop("per_image")
             row["mask_recovery"] = recovery
         if train_masks and objective in args.train_pool_objectives:
-            t0 = time.time()
-            train_pool = sample_pool(run_dir, train_masks, out / "pools" / f"{objective}_train", steps=args.train_pool_steps,
-                                     guidance_scale=args.guidance, seed=0, batch_size=16, overwrite=True)
-            row["train_pool"], row["train_pool_seconds"] = str(train_pool), time.time() - t0
+            train_pool, row["train_pool_seconds"] = pool_for(args, run_dir, train_masks, out / "pools" / f"{objective}_train",
+                                                             args.train_pool_steps)
+            row["train_pool"] = str(train_pool)
             shutil.copy(train_pool / "manifest.json", out / f"{objective}_train_manifest.json")
-        rows[objective], runs[objective] = row, run_dir
-        print(f"[synth_polyps] {objective}: train {train_s:.0f} s, sample {sample_s:.0f} s, "
+        rows[objective] = row
+        print(f"[synth_polyps] {objective}: train {train_s:.0f} s, sample {sample_s or 0:.0f} s, "
               f"recovery {row.get('mask_recovery', {}).get('dice')}", flush=True)
+        write_summary(args, out, rows, started)  # after every objective: a killed run keeps what it finished
+    return 0
+
+
+def pool_for(args: argparse.Namespace, run_dir: Path, masks: list, pool_dir: Path, steps: int) -> tuple[Path, float | None]:
+    """Sample a pool, or with ``--resume`` reuse a finished one of the same masks and steps."""
+    from laworder.synth.sampler import sample_pool
+
+    manifest = pool_dir / "manifest.json"
+    if args.resume and manifest.is_file():
+        made = json.loads(manifest.read_text())
+        if made.get("count") == len(masks) and made.get("steps") == steps:
+            return pool_dir, None
+    t0 = time.time()
+    pool = sample_pool(run_dir, masks, pool_dir, steps=steps, guidance_scale=args.guidance, seed=0, batch_size=16,
+                       overwrite=True)
+    return pool, time.time() - t0
+
+
+def write_summary(args: argparse.Namespace, out: Path, rows: dict, started: float) -> None:
+    """Merge ``rows`` into bench/results/synth_polyps.{json,md} (runs with the same settings add up)."""
+    from laworder.experiments.figures import plot_training_curves
+
     command = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "objectives", "resume", "train_pool_objectives")}
     summary = out.parent / "synth_polyps.json"
@@ -100,7 +118,7 @@ def main() -> int:
         earlier = json.loads(summary.read_text())
         if earlier.get("settings") == settings:
             rows = {**earlier["results"], **rows}
-            commands = earlier.get("commands", [earlier.get("command")]) + commands
+            commands = [c for c in earlier.get("commands", [earlier.get("command")]) if c != command] + commands
     runs = {name: row["run_dir"] for name, row in rows.items()}
     plot_training_curves(runs, out / "curves.png", keys=("loss",))
     picture_grid(rows, out / "grid.png")
@@ -108,10 +126,8 @@ def main() -> int:
                "pool_masks": f"first {args.per_subset} test masks of Kvasir and of CVC-ClinicDB",
                "train_pool_masks": f"{args.train_pool} training masks (seeded permutation, seed 0), DDIM {args.train_pool_steps} steps",
                "results": rows, "seconds": time.time() - started}
-    (out.parent / "synth_polyps.json").write_text(json.dumps(payload, indent=2))
+    summary.write_text(json.dumps(payload, indent=2))
     (out.parent / "synth_polyps.md").write_text(markdown(payload))
-    print(markdown(payload))
-    return 0
 
 
 def picture_grid(rows: dict, path: Path, count: int = 6) -> None:
@@ -151,7 +167,8 @@ def markdown(payload: dict) -> str:
         rec = row.get("mask_recovery")
         dice = f"{rec['dice']['mean']:.3f} ± {rec['dice']['std']:.3f}" if rec else "–"
         iou = f"{rec['iou']['mean']:.3f} ± {rec['iou']['std']:.3f}" if rec else "–"
-        lines.append(f"| {name} | {dice} | {iou} | {row['train_seconds']:.0f} | {row['sample_seconds']:.0f} |")
+        sample = f"{row['sample_seconds']:.0f}" if row.get("sample_seconds") is not None else "reused"
+        lines.append(f"| {name} | {dice} | {iou} | {row['train_seconds']:.0f} | {sample} |")
     lines += ["", "![curves](synth_polyps/curves.png)", "", "![grid](synth_polyps/grid.png)", ""]
     return "\n".join(lines)
 

@@ -49,6 +49,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "unisegdiff_polyps"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
     return parser.parse_args()
 
 
@@ -85,7 +86,8 @@ def train_unisegdiff(args: argparse.Namespace, out: Path, seed: int) -> tuple[Pa
         t0 = time.time()
         if not (args.resume and finished(run_dir)):
             train_segmenter(seg_config(args, "unisegdiff", run_dir, seed, kwargs))
-        seconds[f"train_{name}"] = time.time() - t0
+        # run.json adds up the training time over resumes; a resumed, finished stage costs nothing new
+        seconds[f"train_{name}"] = json.loads((run_dir / "run.json").read_text()).get("seconds", time.time() - t0)
         print(f"[unisegdiff] seed {seed} {name} stage: {seconds[f'train_{name}']:.0f} s", flush=True)
     return diffusion_dir, seconds
 
@@ -124,17 +126,21 @@ def inference_cost(args: argparse.Namespace, diffusion_dir: Path) -> dict:
 
 def baseline_results(args: argparse.Namespace, out: Path) -> tuple[list, str]:
     """ORDER / MK-UNet rows: from bench/polyps.py when its protocol matches, else trained here."""
-    from laworder.seg.protocol import ProtocolResult, run_protocol
+    from laworder.seg.evaluate import EvalResult
+    from laworder.seg.protocol import run_protocol, summarise
 
     compare = Path(args.compare)
     if compare.is_file():
         payload = json.loads(compare.read_text())
         p = payload["protocol"]
-        same = (p["seeds"] == args.seeds and p["epochs"] == args.epochs and p["image_size"] == args.image_size
+        same = (set(args.seeds) <= set(p["seeds"]) and p["epochs"] == args.epochs and p["image_size"] == args.image_size
                 and p["batch_size"] == args.batch_size and p["lr"] == args.lr)
         rows = [r for r in payload["results"] if r["model"] in args.baselines]
-        if same and len(rows) == len(args.baselines):
-            return [ProtocolResult(**r) for r in rows], f"from {compare.relative_to(ROOT)} ({payload['command']})"
+        if same and len(rows) == len(args.baselines):  # the same seeds' runs, re-summarised
+            results = [summarise(r["model"], list(args.seeds), [EvalResult(subsets=s["subsets"], mean=s["mean"])
+                                                                for s in r["per_seed"] if s["seed"] in args.seeds])
+                       for r in rows]
+            return results, f"seeds {args.seeds} of {compare.relative_to(ROOT)} ({payload['command']})"
     results = []
     for name in args.baselines:
         config = seg_config(args, name, out / "runs" / name, 0, {})
@@ -145,28 +151,41 @@ def baseline_results(args: argparse.Namespace, out: Path) -> tuple[list, str]:
 def main() -> int:
     args = parse()
     torch.set_num_threads(args.threads)
-    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
+    from laworder.seg.evaluate import EvalResult, evaluate_records, evaluation_subsets, write_eval
     from laworder.seg.loading import load_segmenter
     from laworder.seg.protocol import format_protocol, summarise
 
     out = Path(args.out)
     started = time.time()
     test_sets = evaluation_subsets(args.data)
-    evals, timings = [], {}
+    evals, feature_evals, timings = [], [], {}
     diffusion_dir = None
     for seed in args.seeds:
         diffusion_dir, seconds = train_unisegdiff(args, out, seed)
-        model, _ = load_segmenter(diffusion_dir, "best")
-        model.num_samples = args.eval_samples
-        t0 = time.time()
-        ev = evaluate_records(model, test_sets, args.image_size)
-        seconds["test"] = time.time() - t0
-        seconds["test_per_image"] = seconds["test"] / sum(len(r) for r in test_sets.values())
-        write_eval(ev, diffusion_dir, f"unisegdiff seed {seed} ({args.eval_samples} samples)")
+        eval_json, cost_json = diffusion_dir / "eval.json", diffusion_dir / "eval_seconds.json"
+        if args.resume and eval_json.is_file() and cost_json.is_file():  # a killed run keeps finished tests
+            ev = EvalResult(**json.loads(eval_json.read_text()))
+            seconds.update(json.loads(cost_json.read_text()))
+        else:
+            model, _ = load_segmenter(diffusion_dir, "best")
+            model.num_samples = args.eval_samples
+            t0 = time.time()
+            ev = evaluate_records(model, test_sets, args.image_size)
+            test_seconds = time.time() - t0
+            seconds.update(test=test_seconds, test_per_image=test_seconds / sum(len(r) for r in test_sets.values()))
+            write_eval(ev, diffusion_dir, f"unisegdiff seed {seed} ({args.eval_samples} samples)")
+            cost_json.write_text(json.dumps({k: seconds[k] for k in ("test", "test_per_image")}))
         evals.append(ev)
         timings[f"seed{seed}"] = seconds
+        # the stage-1 CFENet is a segmenter on its own: how much does the diffusion stage add?
+        feature_dir = diffusion_dir.parent.parent / "feature" / f"seed{seed}"
+        if not (args.resume and (feature_dir / "eval.json").is_file()):
+            write_eval(evaluate_records(load_segmenter(feature_dir, "best")[0], test_sets, args.image_size),
+                       feature_dir, f"unisegdiff CFENet (stage 1) seed {seed}")
+        feature_evals.append(EvalResult(**json.loads((feature_dir / "eval.json").read_text())))
         print(f"[unisegdiff] seed {seed}: mean Dice {100 * ev.mean['dice']:.1f}, test {seconds['test']:.0f} s", flush=True)
     usd = summarise("unisegdiff", list(args.seeds), evals)
+    cfenet = summarise("unisegdiff CFENet only (stage 1)", list(args.seeds), feature_evals)
     baselines, source = baseline_results(args, out)
     cost = inference_cost(args, diffusion_dir)
     command = "python bench/unisegdiff_polyps.py " + " ".join(sys.argv[1:])
@@ -177,14 +196,15 @@ def main() -> int:
                      "val_samples": args.val_samples, "eval_samples": args.eval_samples,
                      "optimizer": "AdEMAMix (alpha=2, decoupled wd 1e-4)", "schedule": "cosine to 1e-6",
                      "baselines": source},
-        "results": [usd.to_json()] + [r.to_json() for r in baselines],
+        "results": [usd.to_json(), cfenet.to_json()] + [r.to_json() for r in baselines],
         "unisegdiff_seconds": timings,
         "inference_cost": cost,
+        "note": args.note,
         "seconds": time.time() - started,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / "unisegdiff_polyps.json").write_text(json.dumps(payload, indent=2))
-    md = markdown(payload, format_protocol([usd] + baselines))
+    md = markdown(payload, format_protocol([usd, cfenet] + baselines))
     (out.parent / "unisegdiff_polyps.md").write_text(md)
     print(md)
     return 0
@@ -199,11 +219,14 @@ def markdown(payload: dict, table: str) -> str:
              "", table, "", "Inference cost per image (batch 1, 1 thread, measured side by side):", "",
              "| Method | Params | GFLOPs / image | ms / image | × ORDER |", "|---|---|---|---|---|"]
     for name, row in payload["inference_cost"].items():
-        ratio = f"{row['latency_vs_order']:.0f}×" if row["latency_vs_order"] else "–"
+        r = row["latency_vs_order"]
+        ratio = "–" if not r else f"{r:.0f}×" if r >= 10 else f"{r:.2f}×"
         lines.append(f"| {name} | {row['params']:,} | {row['gflops_per_image']:.3f} | {row['ms_per_image']:.1f} | {ratio} |")
     lines += ["", "UniSegDiff wall time per seed (s): " + ", ".join(
         f"{seed}: feature {t['train_feature']:.0f}, diffusion {t['train_diffusion']:.0f}, test {t['test']:.0f} "
         f"({t['test_per_image']:.2f} s/image)" for seed, t in payload["unisegdiff_seconds"].items()), ""]
+    if payload.get("note"):
+        lines += [payload["note"], ""]
     return "\n".join(lines)
 
 

@@ -116,6 +116,19 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     assert steps == sorted(set(steps)), "resume must not duplicate log lines"
 
 
+def test_run_seconds_add_up_over_resumes(tmp_path):
+    with pytest.raises(NonFiniteLossError):
+        fit(RegressionTask(nan_at_step=8), PointDataset(), _config(tmp_path, checkpoint_every=3))
+    checkpoint = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["seconds"] = 1000.0  # pretend the killed part took long
+    state_file.write_text(json.dumps(state))
+    fit(RegressionTask(), PointDataset(), _config(tmp_path, checkpoint_every=3, resume=True))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["seconds"] >= 1000.0 and record["session_seconds"] < 1000.0
+
+
 def test_keep_checkpoints_prunes_old_ones(tmp_path):
     fit(RegressionTask(), PointDataset(), _config(tmp_path, epochs=2, checkpoint_every=2, keep_checkpoints=2))
     names = [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")]

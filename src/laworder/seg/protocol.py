@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,11 @@ def format_protocol(results: list[ProtocolResult]) -> str:
         cells = [r.model]
         for key in [f"{s}/{m}" for s in subsets for m in ("dice", "iou")] + ["mean/dice", "mean/iou"]:
             v = r.summary.get(key)
-            cells.append(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v else "–")
+            if not v:
+                cells.append("–")
+            elif math.isnan(v["std"]):  # one seed: no spread to show
+                cells.append(f"{100 * v['mean']:.1f}")
+            else:
+                cells.append(f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

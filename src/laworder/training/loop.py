@@ -149,6 +149,12 @@ def fit(
         elif accelerator.is_main_process:
             logger.warning("--resume given but no checkpoint in %s: starting from scratch", checkpoint_root)
 
+    # training time adds up over resumes (run.json "seconds"), so a killed run still reports its cost
+    seconds_before = float(state.pop("seconds", 0.0))
+
+    def elapsed() -> float:
+        return seconds_before + time.time() - started
+
     loader_kwargs = dict(num_workers=config.num_workers, persistent_workers=False)
     progress = None
     if config.progress and accelerator.is_main_process:
@@ -160,7 +166,8 @@ def fit(
         _sync_buffers(task, accelerator)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.write_checkpoint(checkpoint_root, state["global_step"], _weights(task, ema), optimizer, scheduler, dict(state), keep=config.keep_checkpoints)
+            ckpt.write_checkpoint(checkpoint_root, state["global_step"], _weights(task, ema), optimizer, scheduler,
+                                  {**state, "seconds": elapsed()}, keep=config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     running: dict[str, float] = {}
@@ -238,7 +245,8 @@ def fit(
             json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                        "num_processes": accelerator.num_processes,
                        "effective_batch_size": config.batch_size * accelerator.num_processes,
-                       "device": str(accelerator.device), "seconds": time.time() - started}, fh, indent=2)
+                       "device": str(accelerator.device), "seconds": elapsed(),
+                       "session_seconds": time.time() - started}, fh, indent=2)
     accelerator.wait_for_everyone()
     return FitResult(run_dir, state["global_step"], state["epoch"], state["best_metric"], state["best_step"], last_logs, time.time() - started)
 
