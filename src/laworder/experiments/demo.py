@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from laworder.config import save_config, to_dict
-from laworder.data.dataset import PairDataset
 from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural
-from laworder.experiments.figures import plot_qualitative_grid, plot_training_curves
+from laworder.experiments.figures import plot_training_curves
+from laworder.experiments.plots import predictions_grid
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.evaluate import EvalResult, evaluate_records, format_markdown
 from laworder.seg.loading import load_segmenter
@@ -66,19 +64,6 @@ def _seg_config(demo: DemoConfig, model: str, data: Path, out: Path) -> SegTrain
     return SegTrainConfig(data=str(data), model=model, image_size=demo.image_size, loop=loop)
 
 
-def _qualitative(models: dict[str, torch.nn.Module], test_dir: Path, size: int, out: Path, n: int = 4) -> Path:
-    records = load_dataset(str(test_dir)).train[:n]
-    dataset = PairDataset(records, size)
-    batch = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    masks = torch.stack([dataset[i]["mask"] for i in range(len(dataset))])[:, 0].numpy() > 0.5
-    preds = {}
-    with torch.no_grad():
-        for name, model in models.items():
-            preds[name] = (torch.sigmoid(model(batch))[:, 0] >= 0.5).numpy()
-    images = batch.permute(0, 2, 3, 1).numpy()
-    return plot_qualitative_grid(images, masks, preds, out, titles=[r.stem for r in records])
-
-
 def run_demo(config: DemoConfig | None = None) -> Path:
     """Run the demo; returns the path of ``report.md``."""
     config = config or DemoConfig()
@@ -106,7 +91,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
         models[name], runs[name] = model, run.run_dir
     figures = root / "figures"
     plot_training_curves(runs, figures / "seg_curves.png", keys=("loss", "val_dice"))
-    _qualitative(models, test_dir, config.image_size, figures / "seg_qualitative.png")
+    predictions_grid(models, load_dataset(str(test_dir)).train[:4], config.image_size, figures / "seg_qualitative.png")
 
     if config.synth:
         from laworder.experiments.demo_synth import run_synth_demo  # needs the synth stage

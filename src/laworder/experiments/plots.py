@@ -102,11 +102,19 @@ def seg_qualitative(runs: dict[str, Path], out: str | Path, num_images: int = 4)
         return None
     config = next(iter(models.values()))[1]
     records = _test_records(config.data, config.layout, num_images)
-    images, masks = _batch(records, config.image_size, config.channels)
+    return predictions_grid({label: model for label, (model, _) in models.items()}, records, config.image_size, out,
+                            config.channels, {label: c.threshold for label, (_, c) in models.items()})
+
+
+def predictions_grid(models: dict[str, torch.nn.Module], records: list[PairRecord], image_size: int, out: str | Path,
+                     channels: int = 3, thresholds: dict[str, float] | None = None) -> Path:
+    """Image / mask / each model's thresholded prediction / overlay for ``records`` at ``image_size``²."""
+    images, masks = _batch(records, image_size, channels)
     predictions = {}
     with torch.no_grad():
-        for label, (model, model_config) in models.items():
-            predictions[label] = (torch.sigmoid(model(images))[:, 0] >= model_config.threshold).numpy()
+        for label, model in models.items():
+            threshold = (thresholds or {}).get(label, 0.5)
+            predictions[label] = (torch.sigmoid(model.eval()(images))[:, 0] >= threshold).numpy()
     pixels = images.permute(0, 2, 3, 1).numpy()
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
