@@ -46,11 +46,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "synth_polyps"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no training or sampling: re-score the pools in synth_polyps.json with --segmenter, "
+                             "with the chance (shuffled masks) and real-image references")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     from laworder.data.layouts import load_dataset
-    from laworder.metrics.mask_recovery import mask_recovery
     from laworder.synth.config import SynthConfig
     from laworder.synth.task import train_synth
 
@@ -60,6 +62,8 @@ def main() -> int:
     order = np.random.default_rng(0).permutation(len(collection.train))
     train_masks = [collection.train[int(i)] for i in order[: args.train_pool]]
     started = time.time()
+    if args.rescore:
+        return rescore(args, out, masks)
     rows = {}
     for objective in args.objectives:
         config = SynthConfig(data=args.data, objective=objective, resolution=args.resolution)
@@ -76,9 +80,7 @@ def main() -> int:
         shutil.copy(pool / "manifest.json", out / f"{objective}_manifest.json")
         row = {"run_dir": str(run_dir), "pool": str(pool), "train_seconds": train_s, "sample_seconds": sample_s}
         if args.segmenter:
-            recovery = mask_recovery(args.segmenter, pool)
-            recovery.pop("per_image")
-            row["mask_recovery"] = recovery
+            row.update(recovery_controls(args.segmenter, pool))
         if train_masks and objective in args.train_pool_objectives:
             train_pool, row["train_pool_seconds"] = pool_for(args, run_dir, train_masks, out / "pools" / f"{objective}_train",
                                                              args.train_pool_steps)
@@ -88,6 +90,52 @@ def main() -> int:
         print(f"[synth_polyps] {objective}: train {train_s:.0f} s, sample {sample_s or 0:.0f} s, "
               f"recovery {row.get('mask_recovery', {}).get('dice')}", flush=True)
         write_summary(args, out, rows, started)  # after every objective: a killed run keeps what it finished
+    return 0
+
+
+def recovery_controls(segmenter: str, pool: Path) -> dict:
+    """Mask recovery of a pool against its own masks and, as the chance level, against another
+    pair's mask (each image scored against the mask of the next pair in stem order)."""
+    from dataclasses import replace
+
+    from laworder.data.layouts import load_dataset
+    from laworder.metrics.mask_recovery import mask_recovery
+    from laworder.metrics.overlap import mean_std
+    from laworder.seg.evaluate import evaluate_records
+    from laworder.seg.loading import load_segmenter
+
+    recovery = mask_recovery(segmenter, pool)
+    recovery.pop("per_image")
+    records = sorted(load_dataset(str(pool), "pairs").train, key=lambda r: r.stem)
+    shuffled = [replace(r, mask=records[(i + 1) % len(records)].mask) for i, r in enumerate(records)]
+    model, config = load_segmenter(segmenter, "best")
+    rows = evaluate_records(model, {"pool": shuffled}, config.image_size, config.channels, config.threshold).per_image["pool"]
+    chance = mean_std(r["dice"] for r in rows)
+    return {"mask_recovery": recovery, "chance_dice": {"mean": chance[0], "std": chance[1]}}
+
+
+def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
+    """Re-score every pool of synth_polyps.json with ``--segmenter`` (no training, no sampling)."""
+    from laworder.metrics.overlap import mean_std
+    from laworder.seg.evaluate import evaluate_records
+    from laworder.seg.loading import load_segmenter
+
+    summary = out.parent / "synth_polyps.json"
+    payload = json.loads(summary.read_text())
+    for name, row in payload["results"].items():
+        row.update(recovery_controls(args.segmenter, Path(row["pool"])))
+        print(f"[synth_polyps] {name}: recovery {row['mask_recovery']['dice']['mean']:.3f}, "
+              f"chance {row['chance_dice']['mean']:.3f}", flush=True)
+    model, config = load_segmenter(args.segmenter, "best")
+    real = evaluate_records(model, {"real": masks}, config.image_size, config.channels, config.threshold).per_image["real"]
+    dice = mean_std(r["dice"] for r in real)
+    payload["real_reference"] = {"dice": {"mean": dice[0], "std": dice[1]}, "count": len(real),
+                                 "what": "the frozen segmenter on the real test images of the same masks"}
+    payload["segmenter"] = args.segmenter
+    payload["rescore_command"] = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
+    summary.write_text(json.dumps(payload, indent=2))
+    (out.parent / "synth_polyps.md").write_text(markdown(payload))
+    print(markdown(payload))
     return 0
 
 
@@ -162,13 +210,20 @@ def markdown(payload: dict) -> str:
     lines = [f"Command: `{payload['command']}`", "",
              f"Built-in backbone at {s['resolution']}², {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}; "
              f"pools of {payload['pool_masks']}, DDIM {s['sample_steps']} steps, CFG {s['guidance']}.", "",
-             "| Objective | Mask-recovery Dice | Mask-recovery IoU | train s | sample s |", "|---|---|---|---|---|"]
+             "| Objective | Mask-recovery Dice | Mask-recovery IoU | Chance Dice (shuffled masks) | train s | sample s |",
+             "|---|---|---|---|---|---|"]
     for name, row in payload["results"].items():
-        rec = row.get("mask_recovery")
+        rec, chance = row.get("mask_recovery"), row.get("chance_dice")
         dice = f"{rec['dice']['mean']:.3f} ± {rec['dice']['std']:.3f}" if rec else "–"
         iou = f"{rec['iou']['mean']:.3f} ± {rec['iou']['std']:.3f}" if rec else "–"
+        dice_chance = f"{chance['mean']:.3f}" if chance else "–"
         sample = f"{row['sample_seconds']:.0f}" if row.get("sample_seconds") is not None else "reused"
-        lines.append(f"| {name} | {dice} | {iou} | {row['train_seconds']:.0f} | {sample} |")
+        lines.append(f"| {name} | {dice} | {iou} | {dice_chance} | {row['train_seconds']:.0f} | {sample} |")
+    real = payload.get("real_reference")
+    if real:
+        lines += ["", f"Reference: {real['what']}: Dice {real['dice']['mean']:.3f} ± {real['dice']['std']:.3f} "
+                      f"({real['count']} images); frozen segmenter `{payload['segmenter']}`; re-scored with "
+                      f"`{payload['rescore_command']}`."]
     lines += ["", "![curves](synth_polyps/curves.png)", "", "![grid](synth_polyps/grid.png)", ""]
     return "\n".join(lines)
 
