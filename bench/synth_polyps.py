@@ -131,7 +131,15 @@ def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
     dice = mean_std(r["dice"] for r in real)
     payload["real_reference"] = {"dice": {"mean": dice[0], "std": dice[1]}, "count": len(real),
                                  "what": "the frozen segmenter on the real test images of the same masks"}
+    from laworder.seg.loading import load_run_config
+
+    seg = load_run_config(args.segmenter)
+    best = json.loads((Path(args.segmenter) / "run.json").read_text()).get("best_metric")
     payload["segmenter"] = args.segmenter
+    payload["segmenter_recipe"] = (f"{seg.model} at {seg.image_size}², {seg.loop.epochs} epochs, lr {seg.loop.lr}, "
+                                   f"trained on the real training images (best val Dice {best:.3f}): laworder seg train "
+                                   f"--data {seg.data} --model {seg.model} --image-size {seg.image_size} --epochs {seg.loop.epochs} "
+                                   f"--set loop.monitor=val_dice --set loop.monitor_mode=max -o {args.segmenter}")
     payload["rescore_command"] = "python bench/synth_polyps.py " + " ".join(sys.argv[1:])
     summary.write_text(json.dumps(payload, indent=2))
     (out.parent / "synth_polyps.md").write_text(markdown(payload))
@@ -222,7 +230,7 @@ def markdown(payload: dict) -> str:
     real = payload.get("real_reference")
     if real:
         lines += ["", f"Reference: {real['what']}: Dice {real['dice']['mean']:.3f} ± {real['dice']['std']:.3f} "
-                      f"({real['count']} images); frozen segmenter `{payload['segmenter']}`; re-scored with "
+                      f"({real['count']} images); frozen segmenter: {payload['segmenter_recipe']}; re-scored with "
                       f"`{payload['rescore_command']}`."]
     lines += ["", "![curves](synth_polyps/curves.png)", "", "![grid](synth_polyps/grid.png)", ""]
     return "\n".join(lines)
