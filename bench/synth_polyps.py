@@ -105,13 +105,29 @@ def recovery_controls(segmenter: str, pool: Path) -> dict:
     from laworder.seg.loading import load_segmenter
 
     recovery = mask_recovery(segmenter, pool)
-    recovery.pop("per_image")
+    per_image = {r["stem"]: r["dice"] for r in recovery.pop("per_image")}
     records = sorted(load_dataset(str(pool), "pairs").train, key=lambda r: r.stem)
     shuffled = [replace(r, mask=records[(i + 1) % len(records)].mask) for i, r in enumerate(records)]
     model, config = load_segmenter(segmenter, "best")
     rows = evaluate_records(model, {"pool": shuffled}, config.image_size, config.channels, config.threshold).per_image["pool"]
     chance = mean_std(r["dice"] for r in rows)
-    return {"mask_recovery": recovery, "chance_dice": {"mean": chance[0], "std": chance[1]}}
+    return {"mask_recovery": recovery, "chance_dice": {"mean": chance[0], "std": chance[1]}, "per_image_dice": per_image}
+
+
+def paired_against(rows: dict, reference: str) -> None:
+    """Per-image paired difference of each pool's recovery Dice from ``reference``'s (same masks,
+    same sampling seeds) with a two-sided Wilcoxon signed-rank p-value."""
+    from scipy.stats import wilcoxon
+
+    base = rows[reference]["per_image_dice"]
+    for name, row in rows.items():
+        if name == reference or "per_image_dice" not in row:
+            continue
+        stems = sorted(set(base) & set(row["per_image_dice"]))
+        diffs = [row["per_image_dice"][s] - base[s] for s in stems]
+        p_value = float(wilcoxon(diffs).pvalue) if any(diffs) else 1.0
+        row["paired_vs"] = {"reference": reference, "mean_diff": sum(diffs) / len(diffs), "wilcoxon_p": p_value,
+                            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "n": len(diffs)}
 
 
 def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
@@ -126,6 +142,8 @@ def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
         row.update(recovery_controls(args.segmenter, Path(row["pool"])))
         print(f"[synth_polyps] {name}: recovery {row['mask_recovery']['dice']['mean']:.3f}, "
               f"chance {row['chance_dice']['mean']:.3f}", flush=True)
+    if "uniform" in payload["results"]:
+        paired_against(payload["results"], "uniform")
     model, config = load_segmenter(args.segmenter, "best")
     real = evaluate_records(model, {"real": masks}, config.image_size, config.channels, config.threshold).per_image["real"]
     dice = mean_std(r["dice"] for r in real)
@@ -218,20 +236,25 @@ def markdown(payload: dict) -> str:
     lines = [f"Command: `{payload['command']}`", "",
              f"Built-in backbone at {s['resolution']}², {s['steps']} steps, batch {s['batch_size']}, lr {s['lr']}; "
              f"pools of {payload['pool_masks']}, DDIM {s['sample_steps']} steps, CFG {s['guidance']}.", "",
-             "| Objective | Mask-recovery Dice | Mask-recovery IoU | Chance Dice (shuffled masks) | train s | sample s |",
-             "|---|---|---|---|---|---|"]
+             "| Objective | Mask-recovery Dice | Mask-recovery IoU | Chance Dice (shuffled masks) | Paired Δ Dice vs uniform (p) | train s | sample s |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in payload["results"].items():
         rec, chance = row.get("mask_recovery"), row.get("chance_dice")
         dice = f"{rec['dice']['mean']:.3f} ± {rec['dice']['std']:.3f}" if rec else "–"
         iou = f"{rec['iou']['mean']:.3f} ± {rec['iou']['std']:.3f}" if rec else "–"
         dice_chance = f"{chance['mean']:.3f}" if chance else "–"
+        paired = row.get("paired_vs")
+        delta = (f"{paired['mean_diff']:+.3f} (p={paired['wilcoxon_p']:.2f}; {paired['better']} better, {paired['worse']} worse)"
+                 if paired else "–")
         sample = f"{row['sample_seconds']:.0f}" if row.get("sample_seconds") is not None else "reused"
-        lines.append(f"| {name} | {dice} | {iou} | {dice_chance} | {row['train_seconds']:.0f} | {sample} |")
+        lines.append(f"| {name} | {dice} | {iou} | {dice_chance} | {delta} | {row['train_seconds']:.0f} | {sample} |")
     real = payload.get("real_reference")
     if real:
         lines += ["", f"Reference: {real['what']}: Dice {real['dice']['mean']:.3f} ± {real['dice']['std']:.3f} "
                       f"({real['count']} images); frozen segmenter: {payload['segmenter_recipe']}; re-scored with "
                       f"`{payload['rescore_command']}`."]
+    if payload.get("provenance"):
+        lines += ["", payload["provenance"]]
     lines += ["", "![curves](synth_polyps/curves.png)", "", "![grid](synth_polyps/grid.png)", ""]
     return "\n".join(lines)
 
