@@ -127,3 +127,13 @@ def test_report_refuses_a_folder_without_results(tmp_path):
     with pytest.raises(Exception, match="results.json"):
         write_report(tmp_path)
     assert json.loads(json.dumps(list_experiments()))
+
+
+def test_an_empty_mapping_override_clears_a_section():
+    from laworder.config import deep_merge, parse_overrides
+
+    base = {"pools": {"LAW": "a", "Uniform": "b"}, "seg": {"loop": {"epochs": 20, "lr": 1e-3}}}
+    merged = deep_merge(base, parse_overrides(["pools={}", "seg.loop.epochs=29"]))
+    assert merged == {"pools": {}, "seg": {"loop": {"epochs": 29, "lr": 1e-3}}}
+    _, _, config = load_experiment(CONFIGS / "table4_augmentation_cpu.yaml", parse_overrides(["pools={}"]))
+    assert config.pools == {} and config.real_only

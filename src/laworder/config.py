@@ -86,10 +86,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base`` (nested mappings merge, rest replaces)."""
+    """Recursively merge ``update`` into a copy of ``base`` (nested mappings merge, rest replaces).
+
+    An empty mapping replaces rather than merges, so ``--set pools={}`` clears a section.
+    """
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
