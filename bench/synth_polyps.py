@@ -134,7 +134,7 @@ def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
     """Re-score every pool of synth_polyps.json with ``--segmenter`` (no training, no sampling)."""
     from laworder.metrics.overlap import mean_std
     from laworder.seg.evaluate import evaluate_records
-    from laworder.seg.loading import load_segmenter
+    from laworder.seg.loading import load_run_config, load_segmenter
 
     summary = out.parent / "synth_polyps.json"
     payload = json.loads(summary.read_text())
@@ -149,8 +149,6 @@ def rescore(args: argparse.Namespace, out: Path, masks: list) -> int:
     dice = mean_std(r["dice"] for r in real)
     payload["real_reference"] = {"dice": {"mean": dice[0], "std": dice[1]}, "count": len(real),
                                  "what": "the frozen segmenter on the real test images of the same masks"}
-    from laworder.seg.loading import load_run_config
-
     seg = load_run_config(args.segmenter)
     best = json.loads((Path(args.segmenter) / "run.json").read_text()).get("best_metric")
     payload["segmenter"] = args.segmenter

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,16 +63,9 @@ def seg_config(args: argparse.Namespace, model: str, output_dir: Path, seed: int
                           split_seed=seed, loop=loop)
 
 
-def finished(run_dir: Path) -> bool:
-    state_path = run_dir / "run.json"
-    if not state_path.is_file():
-        return False
-    state = json.loads(state_path.read_text())
-    return state.get("global_step", 0) >= state.get("total_steps", 1)
-
-
 def train_unisegdiff(args: argparse.Namespace, out: Path, seed: int) -> tuple[Path, dict]:
     """Both stages for one seed; returns the diffusion run folder and the stages' wall times."""
+    from laworder.seg.protocol import run_finished
     from laworder.seg.train import train_segmenter
 
     feature_dir, diffusion_dir = out / "runs" / "feature" / f"seed{seed}", out / "runs" / "diffusion" / f"seed{seed}"
@@ -84,7 +76,7 @@ def train_unisegdiff(args: argparse.Namespace, out: Path, seed: int) -> tuple[Pa
                                       "num_samples": args.val_samples}),
     ):
         t0 = time.time()
-        if not (args.resume and finished(run_dir)):
+        if not (args.resume and run_finished(run_dir / "run.json")):
             train_segmenter(seg_config(args, "unisegdiff", run_dir, seed, kwargs))
         # run.json adds up the training time over resumes; a resumed, finished stage costs nothing new
         seconds[f"train_{name}"] = json.loads((run_dir / "run.json").read_text()).get("seconds", time.time() - t0)
@@ -94,15 +86,11 @@ def train_unisegdiff(args: argparse.Namespace, out: Path, seed: int) -> tuple[Pa
 
 def latency_ms(model: torch.nn.Module, image_size: int, repeats: int) -> float:
     """Median batch-1 forward time in milliseconds (one warm-up call)."""
+    from laworder.seg.profile import median_seconds
+
     x = torch.rand(1, 3, image_size, image_size)
-    times = []
     with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        return 1000 * median_seconds(lambda: model(x), repeats, warmup=1)
 
 
 def inference_cost(args: argparse.Namespace, diffusion_dir: Path) -> dict:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from laworder.config import save_config, to_dict
 from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural

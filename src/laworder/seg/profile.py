@@ -39,7 +39,8 @@ class ProfileRow:
     onnx_ms_per_img: float | None = None
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -115,8 +116,8 @@ def profile_model(name: str, image_size: int = 256, batch_size: int = 16, device
             _sync(dev)
         return call
 
-    latency = _median_seconds(run(single), repeats, warmup)
-    batch_time = _median_seconds(run(batch), max(3, repeats // 4), 2)
+    latency = median_seconds(run(single), repeats, warmup)
+    batch_time = median_seconds(run(batch), max(3, repeats // 4), 2)
     peak = peak_forward_mb(model, batch)
     onnx_latency = None
     if onnx and dev.type == "cpu":
@@ -126,7 +127,7 @@ def profile_model(name: str, image_size: int = 256, batch_size: int = 16, device
             # Timing, not a parity gate: ``laworder seg export`` keeps the strict check.
             path = export_onnx(model, Path(tmp) / f"{name}.onnx", input_size=image_size, atol=1e-2).path
             session = OnnxSegmenter(path)
-            onnx_latency = _median_seconds(lambda: session(single), repeats, warmup) * 1000
+            onnx_latency = median_seconds(lambda: session(single), repeats, warmup) * 1000
     return ProfileRow(label or name, params, float(flops_cl), float(flops_all), latency * 1000, batch_size / batch_time,
                       peak, str(dev), batch_size, onnx_latency)
 

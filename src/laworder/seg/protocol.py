@@ -63,7 +63,7 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
         seed_config.split_seed = seed
         seed_config.loop.output_dir = str(root / f"seed{seed}")
         run_json = Path(seed_config.loop.output_dir) / "run.json"
-        if not (config.loop.resume and run_json.is_file() and _finished(run_json)):
+        if not (config.loop.resume and run_finished(run_json)):
             train_segmenter(seed_config)
         model, _ = load_segmenter(seed_config.loop.output_dir, "best")
         ev = evaluate_records(model, test_sets, config.image_size, config.channels, config.threshold)
@@ -76,7 +76,10 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
     return result
 
 
-def _finished(run_json: Path) -> bool:
+def run_finished(run_json: Path) -> bool:
+    """Whether the training run that wrote ``run.json`` reached its last step (False when absent)."""
+    if not run_json.is_file():
+        return False
     state = json.loads(run_json.read_text())
     return state.get("global_step", 0) >= state.get("total_steps", 1)
 
