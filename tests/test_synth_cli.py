@@ -25,8 +25,10 @@ def test_synth_train_then_sample_from_the_command_line(tmp_path, capsys):
     assert main(["synth", "sample", str(run), str(data), str(pool), "--steps", "2", "--limit", "2", "--no-progress"]) == 0
     manifest = json.loads((pool / "manifest.json").read_text())
     assert manifest["method"] == "ratio" and manifest["count"] == 2
-    assert main(["synth", "sample", str(run), str(data), str(tmp_path / "bad"), "--guidance", "0.5"]) == 2
+    assert main(["synth", "sample", str(run), str(data), str(tmp_path / "bad"), "--guidance", "-0.5"]) == 2
     assert "guidance_scale must be" in capsys.readouterr().err
+    assert main(["synth", "sample", str(run), str(data), str(tmp_path / "bad"), "--mask-guidance", "-1"]) == 2
+    assert "mask_guidance must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_synth_list_names_objectives_and_backbones(capsys):

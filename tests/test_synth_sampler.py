@@ -69,7 +69,7 @@ def masks_tensor(count: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize(
     "steps, guidance, message",
     [(0, 10.0, "steps"), (1001, 10.0, "steps"), (2.5, 10.0, "steps"), (True, 10.0, "steps"),
-     (50, 0.5, "guidance_scale"), (50, 0.0, "guidance_scale"), (50, float("nan"), "guidance_scale"),
+     (50, -0.5, "guidance_scale"), (50, float("nan"), "guidance_scale"),
      (50, float("inf"), "guidance_scale"), (50, -3.0, "guidance_scale")],
 )
 def test_out_of_range_steps_and_guidance_are_rejected(steps, guidance, message):
@@ -80,6 +80,10 @@ def test_out_of_range_steps_and_guidance_are_rejected(steps, guidance, message):
 def test_valid_sampling_arguments_pass():
     check_sampling_args(1, 1.0)
     check_sampling_args(1000, 10.0)
+    check_sampling_args(50, 0.0, mask_guidance=0.0)  # 0: the null token only / no ControlNet
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="mask_guidance must be a finite number >= 0"):
+            check_sampling_args(50, 10.0, mask_guidance=bad)
     with pytest.raises(ConfigError, match="eta"):
         check_sampling_args(50, 10.0, eta=1.5)
 
@@ -193,3 +197,49 @@ def test_repeated_stems_across_subsets_are_prefixed(tmp_path):
     assert [item.stem for item in collect_masks(collection, "B")] == ["1"]
     with pytest.raises(ConfigError, match="unknown split"):
         collect_masks(collection, "C")
+
+
+@pytest.mark.parametrize("guidance", [1.0, 10.0])
+def test_mask_guidance_one_is_the_paper_sampler_bit_for_bit(run_dir, guidance):
+    backbone, _, _ = load_backbone(run_dir)
+    masks, seeds = masks_tensor(2), [4, 5]
+    plain = MaskConditionedSampler(backbone, steps=3, guidance_scale=guidance).sample(masks, seeds)
+    explicit = MaskConditionedSampler(backbone, steps=3, guidance_scale=guidance, mask_guidance=1.0).sample(masks, seeds)
+    assert torch.equal(plain, explicit)
+
+
+def test_mask_guidance_follows_its_formula_and_adds_one_mask_free_pass(run_dir, monkeypatch):
+    from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN
+
+    backbone, _, _ = load_backbone(run_dir)
+    generator = torch.Generator().manual_seed(0)
+    sample, hint = torch.randn(2, 3, 32, 32, generator=generator), backbone.mask_hint(masks_tensor(2))
+    timestep = torch.tensor(500)
+    cond, null = torch.full((2,), LESION_TOKEN), torch.full((2,), NULL_TOKEN)
+    eps_cond = backbone.predict_noise(sample, timestep, hint, cond)
+    eps_null = backbone.predict_noise(sample, timestep, hint, null)
+    eps_base = backbone.predict_noise(sample, timestep, None, cond)
+    assert not torch.allclose(eps_cond, eps_base)  # the ControlNet changes the prediction
+    sampler = MaskConditionedSampler(backbone, steps=3, guidance_scale=4.0, mask_guidance=3.0, batched_cfg=False)
+    expected = eps_cond + 3.0 * (eps_cond - eps_null) + 2.0 * (eps_cond - eps_base)
+    assert torch.allclose(sampler.guided_noise(sample, timestep, hint), expected, atol=1e-5)
+    only_mask = MaskConditionedSampler(backbone, steps=3, guidance_scale=1.0, mask_guidance=0.0)
+    assert torch.allclose(only_mask.guided_noise(sample, timestep, hint), eps_base, atol=1e-6)  # s = 0: no ControlNet
+    calls = count_forwards(backbone, monkeypatch)
+    MaskConditionedSampler(backbone, steps=2, guidance_scale=10.0, mask_guidance=2.0).sample(masks_tensor(2), [1, 2])
+    assert calls == [4, 2, 4, 2]  # batched CFG pass + the mask-free pass per step
+
+
+def test_pools_with_mask_guidance_are_identical_whatever_the_batching(run_dir, mask_dir, tmp_path):
+    from laworder.data.io import read_image
+
+    pools = [sample_pool(run_dir, mask_dir, tmp_path / f"b{size}", steps=2, guidance_scale=10.0, mask_guidance=3.0,
+                         seed=1, batch_size=size) for size in (1, 2, 3)]
+    manifest = json.loads((pools[0] / "manifest.json").read_text())
+    assert manifest["mask_guidance"] == 3.0 and manifest["guidance_scale"] == 10.0
+    for name in ("case_0.png", "case_1.png", "case_2.png"):
+        first = read_image(pools[0] / "images" / name)
+        for other in pools[1:]:
+            assert np.array_equal(first, read_image(other / "images" / name))
+    plain = sample_pool(run_dir, mask_dir, tmp_path / "plain", steps=2, guidance_scale=10.0, seed=1, limit=1)
+    assert not np.array_equal(read_image(plain / "images" / "case_0.png"), read_image(pools[0] / "images" / "case_0.png"))

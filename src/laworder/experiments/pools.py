@@ -40,6 +40,7 @@ class SampleSettings:
     split: str = "train"
     steps: int = 50
     guidance_scale: float = 10.0
+    mask_guidance: float = 1.0  # guidance on the mask (1 = off; ``MaskConditionedSampler``)
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 8
@@ -137,7 +138,7 @@ def sample_recipe_pool(context: RunContext, label: str, run_dir: Path, sample: S
     if not (context.resume and (pool_dir / MANIFEST).is_file()):
         sample_pool(run_dir, data, pool_dir, steps=sample.steps, guidance_scale=sample.guidance_scale, eta=sample.eta,
                     seed=sample.seed, batch_size=sample.batch_size, split=sample.split, limit=sample.limit,
-                    overwrite=True, progress=context.progress)
+                    overwrite=True, progress=context.progress, mask_guidance=sample.mask_guidance)
     return Pool(label, pool_dir, read_manifest(pool_dir), str(run_dir))
 
 
@@ -176,7 +177,7 @@ def pool_summary(pool: Pool) -> dict[str, Any]:
     """What a report says about a pool: where it is and how it was made."""
     manifest = pool.manifest
     keys = ("method", "objective_kwargs", "backbone", "checkpoint", "checkpoint_sha256", "seed", "steps",
-            "guidance_scale", "eta", "split", "count", "filter", "subsample")
+            "guidance_scale", "mask_guidance", "eta", "split", "count", "filter", "subsample")
     return {"label": pool.label, "path": str(pool.path), "synth_run": pool.synth_run,
             **{k: manifest[k] for k in keys if k in manifest}}
 

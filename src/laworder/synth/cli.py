@@ -34,6 +34,7 @@ def _sample(args: argparse.Namespace) -> int:
         args.run, args.masks, args.out, steps=args.steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
         batch_size=args.batch_size, split=args.split, batched_cfg=not args.two_pass, limit=args.limit,
         layout=args.layout, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+        mask_guidance=args.mask_guidance,
     )
     print(f"pool: {pool} (images/, masks/, manifest.json; `laworder seg train --set extra_train=[{pool}]` reads it)")
     return 0
@@ -76,7 +77,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="dataset part: train, test or a test-subset name")
     p.add_argument("--layout", default="auto")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=10.0, help="CFG scale >= 1 (1 = no guidance)")
+    p.add_argument("--guidance", type=float, default=10.0, help="CFG scale on the image token, >= 0 (1 = off)")
+    p.add_argument("--mask-guidance", type=float, default=1.0,
+                   help="guidance scale on the mask, >= 0: pushes away from the UNet without ControlNet (1 = off)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="base seed; each mask uses seed + crc32(stem)")
     p.add_argument("--batch-size", type=int, default=8)

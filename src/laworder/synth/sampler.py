@@ -30,20 +30,24 @@ from laworder.synth.config import SynthConfig
 MANIFEST = "manifest.json"
 
 
-def check_sampling_args(steps: int, guidance_scale: float, eta: float = 0.0, num_train_timesteps: int = 1000) -> None:
+def check_sampling_args(steps: int, guidance_scale: float, eta: float = 0.0, num_train_timesteps: int = 1000,
+                        mask_guidance: float = 1.0) -> None:
     """Validate DDIM settings.
 
-    ``guidance_scale`` ε̂ = ε̂_∅ + g (ε̂_c − ε̂_∅) must be finite and ≥ 1; 1 means no guidance
-    (one conditional pass, no unconditional one). Values in [0, 1) would blend towards the
-    unconditional model, which this tool does not offer.
+    ``guidance_scale`` g (classifier-free guidance on the image token) and ``mask_guidance`` s
+    (guidance on the ControlNet's mask) must be finite and ≥ 0; 1 switches either off (see
+    ``MaskConditionedSampler``), 0 drops its condition (g = 0: the null token only; s = 0:
+    no ControlNet).
 
     Raises:
-        ConfigError: steps outside 1..num_train_timesteps, guidance < 1 or not finite, eta outside [0, 1].
+        ConfigError: steps outside 1..num_train_timesteps, a guidance scale < 0 or not finite,
+            eta outside [0, 1].
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train_timesteps:
         raise ConfigError(f"steps must be an integer in 1..{num_train_timesteps}, got {steps!r}")
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1.0:
-        raise ConfigError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {guidance_scale!r}")
+    for name, value in (("guidance_scale", guidance_scale), ("mask_guidance", mask_guidance)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0.0:
+            raise ConfigError(f"{name} must be a finite number >= 0 (1 = off), got {value!r}")
     if not 0.0 <= eta <= 1.0:
         raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {eta!r}")
 
@@ -54,28 +58,51 @@ def mask_seed(base_seed: int, stem: str) -> int:
 
 
 class MaskConditionedSampler:
-    """DDIM (η = 0 by default) + classifier-free guidance on a trained backbone.
+    """DDIM (η = 0 by default) + classifier-free guidance on the image token and on the mask.
+
+    With ε̂(c, m) the prediction for token c (``LESION_TOKEN`` or the null token ∅) with the
+    ControlNet fed mask m, and ε̂(c, –) the UNet alone (no ControlNet residuals)::
+
+        ε̂ = ε̂(c, m) + (g − 1)(ε̂(c, m) − ε̂(∅, m)) + (s − 1)(ε̂(c, m) − ε̂(c, –))
+
+    The first two terms are the paper's CFG (= ε̂(∅, m) + g(ε̂(c, m) − ε̂(∅, m)), §4.1.2); the
+    mask is in both of its branches, so g alone cannot strengthen mask following. The third
+    term guides on the mask itself: s = 1 leaves today's sampler unchanged (no extra pass),
+    s > 1 pushes away from what the base UNet predicts without the mask.
 
     Args:
         backbone: a backbone with its sampling modules loaded.
-        steps: DDIM steps (50). guidance_scale: g ≥ 1 (10.0, paper §4.1.2). eta: DDIM η (0).
+        steps: DDIM steps (50). guidance_scale: g ≥ 0 (10.0, paper §4.1.2). eta: DDIM η (0).
         batched_cfg: run the conditional and unconditional passes as one batch of 2B (True),
             or as two passes (False, for the benchmark).
+        mask_guidance: s ≥ 0 (1 = off).
     """
 
     def __init__(self, backbone: Backbone, steps: int = 50, guidance_scale: float = 10.0, eta: float = 0.0,
-                 batched_cfg: bool = True) -> None:
+                 batched_cfg: bool = True, mask_guidance: float = 1.0) -> None:
         num_train = int(backbone.scheduler_config.get("num_train_timesteps", 1000))
-        check_sampling_args(steps, guidance_scale, eta, num_train)
+        check_sampling_args(steps, guidance_scale, eta, num_train, mask_guidance)
         self.backbone = backbone
         self.steps, self.guidance_scale, self.eta = int(steps), float(guidance_scale), float(eta)
+        self.mask_guidance = float(mask_guidance)
         self.batched_cfg = batched_cfg
 
     def guided_noise(self, sample: torch.Tensor, timestep: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+        eps, eps_cond = self._token_guided_noise(sample, timestep, hint)
+        if self.mask_guidance == 1.0:
+            return eps  # exactly the paper's sampler: no mask-free pass
+        cond = torch.full((sample.shape[0],), LESION_TOKEN, device=sample.device)
+        eps_no_mask = self.backbone.predict_noise(sample, timestep, None, cond)
+        return eps + (self.mask_guidance - 1.0) * (eps_cond - eps_no_mask)
+
+    def _token_guided_noise(self, sample: torch.Tensor, timestep: torch.Tensor, hint: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the paper's CFG ε̂(∅, m) + g(ε̂(c, m) − ε̂(∅, m)), the conditional ε̂(c, m))."""
         batch = sample.shape[0]
         cond = torch.full((batch,), LESION_TOKEN, device=sample.device)
         if self.guidance_scale == 1.0:
-            return self.backbone.predict_noise(sample, timestep, hint, cond)
+            eps_cond = self.backbone.predict_noise(sample, timestep, hint, cond)
+            return eps_cond, eps_cond
         uncond = torch.full((batch,), NULL_TOKEN, device=sample.device)
         if self.batched_cfg:
             both = self.backbone.predict_noise(
@@ -85,7 +112,7 @@ class MaskConditionedSampler:
         else:
             eps_uncond = self.backbone.predict_noise(sample, timestep, hint, uncond)
             eps_cond = self.backbone.predict_noise(sample, timestep, hint, cond)
-        return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
+        return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond), eps_cond
 
     @torch.no_grad()
     def sample(self, masks: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
@@ -222,6 +249,7 @@ def sample_pool(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    mask_guidance: float = 1.0,
 ) -> Path:
     """Generate one image per mask and write a pair folder + ``manifest.json``; returns ``out_dir``.
 
@@ -230,6 +258,7 @@ def sample_pool(
         masks: a folder of masks, a dataset (see ``collect_masks``) or a list of ``PairRecord``.
         out_dir: the pool folder (``images/``, ``masks/``, ``manifest.json``).
         steps, guidance_scale, eta: DDIM settings (50, 10.0, 0.0; see ``check_sampling_args``).
+        mask_guidance: guidance scale on the mask (1 = off; see ``MaskConditionedSampler``).
         seed: base seed; mask ``stem`` uses ``seed + crc32(stem)``.
         batch_size: masks per batch (does not change the images beyond float round-off).
         split: which part of a dataset to take masks from.
@@ -247,7 +276,7 @@ def sample_pool(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every mask), got {limit}")
-    check_sampling_args(steps, guidance_scale, eta)
+    check_sampling_args(steps, guidance_scale, eta, mask_guidance=mask_guidance)
     items = collect_masks(masks, split=split, layout=layout)[:limit]  # fail on bad masks before anything else
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -263,7 +292,7 @@ def sample_pool(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
         module.to(device)
-    sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg)
+    sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg, mask_guidance)
     size = backbone.resolution
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if progress:
@@ -289,6 +318,8 @@ def sample_pool(
         "seed": seed,
         "seed_rule": "base seed + crc32(stem)",
         "guidance_scale": guidance_scale,
+        "mask_guidance": mask_guidance,
+        "guidance_rule": "eps(c,m) + (g-1)(eps(c,m) - eps(null,m)) + (s-1)(eps(c,m) - eps(c, no ControlNet))",
         "steps": steps,
         "eta": eta,
         "sampler": "DDIM",

@@ -104,17 +104,18 @@ class Backbone(abc.ABC):
         )
         return down, mid
 
-    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, residuals: Residuals,
+    def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, residuals: Residuals | None,
                 unet_grad: bool = True) -> torch.Tensor:
-        """UNet prediction with ControlNet residuals added.
+        """UNet prediction with ControlNet residuals added (``residuals=None``: without any).
 
         ``unet_grad=False`` runs the UNet with its parameters detached: gradients still reach the
         inputs (the residuals, hence the ControlNet) but not the UNet, as through a throw-away
         copy of it (Siamese-Diffusion's θ′), without copying anything.
         """
-        down, mid = residuals
-        kwargs = dict(encoder_hidden_states=states, down_block_additional_residuals=list(down),
-                      mid_block_additional_residual=mid, return_dict=False)
+        kwargs: dict = dict(encoder_hidden_states=states, return_dict=False)
+        if residuals is not None:  # None: the base UNet alone (the sampler's mask-free branch)
+            down, mid = residuals
+            kwargs.update(down_block_additional_residuals=list(down), mid_block_additional_residual=mid)
         if unet_grad:
             return self.unet(noisy, timesteps, **kwargs)[0]
         unet = getattr(self.unet, "module", self.unet)  # the bare module under a DDP wrapper
@@ -122,11 +123,13 @@ class Backbone(abc.ABC):
         return torch.func.functional_call(unet, detached, (noisy, timesteps), kwargs)[0]
 
     def predict_noise(
-        self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_hint: torch.Tensor, cond_tokens: torch.Tensor
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_hint: torch.Tensor | None, cond_tokens: torch.Tensor
     ) -> torch.Tensor:
-        """ε̂ = UNet(z_t, t, c | ControlNet(z_t, t, c, hint)) for one batch."""
+        """ε̂ = UNet(z_t, t, c | ControlNet(z_t, t, c, hint)) for one batch; ``mask_hint=None``
+        runs the UNet without ControlNet residuals (the base model's ε̂)."""
         states = self.condition_states(cond_tokens)
-        return self.denoise(noisy, timesteps, states, self.control(noisy, timesteps, states, mask_hint))
+        residuals = None if mask_hint is None else self.control(noisy, timesteps, states, mask_hint)
+        return self.denoise(noisy, timesteps, states, residuals)
 
     @property
     @abc.abstractmethod
