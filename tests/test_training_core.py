@@ -152,3 +152,57 @@ def test_ema_weights_are_exported(tmp_path):
     ckpt = latest_checkpoint(result.run_dir / "checkpoints")
     assert (ckpt / "net.ema.safetensors").is_file()
     assert (result.run_dir / "model" / "last" / "net.safetensors").is_file()
+
+
+def test_ema_warmup_follows_diffusers_ema_model():
+    from diffusers.training_utils import EMAModel
+
+    from laworder.training.ema import make_ema
+
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    ours = make_ema(net, decay=0.999, warmup=True)
+    theirs = EMAModel(net.parameters(), decay=0.999, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+    for _ in range(6):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update_parameters(net)
+        theirs.step(net.parameters())
+    for mine, reference in zip(ours.module.parameters(), theirs.shadow_params):
+        assert torch.allclose(mine, reference, atol=1e-6)
+
+
+class PartlyFrozenTask(RegressionTask):
+    """A trained head after a frozen layer (as a ControlNet beside a frozen UNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.modules["net"][0].requires_grad_(False)
+
+
+def test_grad_norm_is_logged_before_clipping_and_over_trainable_parameters_only(tmp_path, monkeypatch):
+    norms = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        assert all(p.requires_grad for p in parameters), "a frozen parameter reached the clip"
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))))
+        return original(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    fit(PartlyFrozenTask(), PointDataset(), _config(tmp_path, epochs=1, grad_clip=1e-3, monitor=""))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["grad_norm"] for r in records if "grad_norm" in r]
+    assert len(logged) == 5 and logged == pytest.approx(norms[:5], rel=1e-5)
+    assert min(logged) > 1e-3  # reported before clipping, not the clipped 1e-3
+
+
+def test_ema_run_keeps_raw_and_ema_weights(tmp_path):
+    result = fit(RegressionTask(), PointDataset(), _config(tmp_path, epochs=1, ema_decay=0.99, ema_warmup=True, monitor=""))
+    last, raw = _weights(result.run_dir, "last"), _weights(result.run_dir, "raw")
+    assert any(not torch.equal(last[k], raw[k]) for k in last)
+    meta = json.loads((result.run_dir / "model" / "raw" / "meta.json").read_text())
+    assert meta["weights"] == "raw"
+    assert json.loads((result.run_dir / "model" / "last" / "meta.json").read_text())["weights"] == "ema"

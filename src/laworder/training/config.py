@@ -34,7 +34,10 @@ class LoopConfig:
     val_every: int = 1  # epochs
     monitor: str = ""  # e.g. "val_dice"; empty = no best-model tracking
     monitor_mode: str = "max"
-    ema_decay: float | None = None
+    ema_decay: float | None = None  # the EMA's (maximum) decay; None = no EMA
+    ema_warmup: bool = False  # diffusers' EMAModel(use_ema_warmup=True): decay 1 − (1 + k/inv_gamma)^−power, capped
+    ema_power: float = 2 / 3
+    ema_inv_gamma: float = 1.0
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (passed to accelerate)
     cpu: bool = False  # force CPU even when a GPU is visible
     num_workers: int = 0

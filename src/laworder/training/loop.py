@@ -97,7 +97,8 @@ def fit(
     """Train ``task`` on ``train_dataset`` according to ``config``.
 
     ``run_config`` (a dataclass) is written to ``<output_dir>/config.yaml``; default: ``config``.
-    Weights land in ``<output_dir>/model/{last,best}/<module>.safetensors``; resumable state in
+    Weights land in ``<output_dir>/model/{last,best}/<module>.safetensors`` (the EMA weights when EMA is
+    on, the raw ones then in ``model/raw/``); resumable state in
     ``<output_dir>/checkpoints/``. Raises ``NonFiniteLossError`` on a NaN/inf loss without
     touching the last good checkpoint, and ``RunDirError`` when the folder holds another run.
     """
@@ -135,6 +136,7 @@ def fit(
     # The optimizer and scheduler stay unwrapped: one step per batch, no accumulation, so
     # accelerate's wrappers would add nothing but another state format to save.
     ema = _make_ema(task, config)
+    trainable = list(task.optimizer_parameters())
 
     state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None}
     checkpoint_root = run_dir / "checkpoints"
@@ -196,8 +198,9 @@ def fit(
                 )
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(output.loss)
-            if config.grad_clip:
-                accelerator.clip_grad_norm_(list(task.optimizer_parameters()), config.grad_clip)
+            # the norm (before clipping) over the trained parameters only, logged every step: a
+            # frozen UNet must neither dilute the norm nor be clipped with the ControlNet
+            grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip or math.inf)
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -207,6 +210,7 @@ def fit(
             state["batch_in_epoch"] += 1
 
             running["loss"] = running.get("loss", 0.0) + float(loss_all.mean())
+            running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
             for key, value in output.logs.items():
                 running[key] = running.get(key, 0.0) + float(value)
             running_count += 1
@@ -240,7 +244,11 @@ def fit(
     _sync_buffers(task, accelerator)
 
     if accelerator.is_main_process:
-        ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {"step": state["global_step"], "epoch": state["epoch"]})
+        ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {
+            "step": state["global_step"], "epoch": state["epoch"], "weights": "ema" if ema else "raw"})
+        if ema:  # the raw weights beside the EMA ones, so either can be sampled or compared
+            ckpt.write_weights_folder(run_dir / "model" / "raw", {name: task.unwrapped(name) for name in task.modules},
+                                      {"step": state["global_step"], "epoch": state["epoch"], "weights": "raw"})
         with open(run_dir / "run.json", "w") as fh:
             json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                        "num_processes": accelerator.num_processes,
@@ -310,9 +318,9 @@ def _append_log(accelerator, path: Path, record: dict[str, Any]) -> None:
 def _make_ema(task: TrainTask, config: LoopConfig):
     if config.ema_decay is None:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from laworder.training.ema import make_ema
 
-    return {name: AveragedModel(task.unwrapped(name), multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    return {name: make_ema(task.unwrapped(name), config.ema_decay, config.ema_warmup, config.ema_power, config.ema_inv_gamma)
             for name in task.modules}
 
 
