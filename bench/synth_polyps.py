@@ -99,7 +99,7 @@ def recovery_controls(segmenter: str, pool: Path) -> dict:
     from dataclasses import replace
 
     from laworder.data.layouts import load_dataset
-    from laworder.metrics.mask_recovery import mask_recovery
+    from laworder.experiments.mask_recovery import mask_recovery
     from laworder.metrics.overlap import mean_std
     from laworder.seg.evaluate import evaluate_records
     from laworder.seg.loading import load_segmenter

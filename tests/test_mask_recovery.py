@@ -15,7 +15,7 @@ from laworder.data.io import read_mask
 from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural
 from laworder.errors import ConfigError, DataError
-from laworder.metrics.mask_recovery import filter_pool, mask_recovery, read_manifest, sample_stems, subset_pool
+from laworder.experiments.mask_recovery import filter_pool, mask_recovery, read_manifest, sample_stems, subset_pool
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.train import train_segmenter
 from laworder.training import LoopConfig

@@ -24,7 +24,7 @@ from laworder.experiments.base import (
     summary_cell,
 )
 from laworder.experiments.pools import Pool, SampleSettings, pool_summary, resolve_pools, validate_pools
-from laworder.metrics.mask_recovery import filter_pool, mask_recovery, sample_stems, subset_pool
+from laworder.experiments.mask_recovery import filter_pool, mask_recovery, sample_stems, subset_pool
 from laworder.models import MODELS
 from laworder.seg.config import SegTrainConfig
 

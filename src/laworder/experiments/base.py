@@ -26,6 +26,9 @@ from typing import Any
 from laworder.registry import Registry
 from laworder.seg.config import SegTrainConfig
 
+RESULTS = "results.json"  # an experiment folder's numbers (``runner.run_experiment`` writes it)
+CONFIG = "experiment.yaml"  # its resolved config
+
 
 class Experiment:
     """One experiment kind (see the module docstring)."""

@@ -59,7 +59,7 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from laworder.errors import ConfigError
-    from laworder.metrics.mask_recovery import filter_pool, mask_recovery
+    from laworder.experiments.mask_recovery import filter_pool, mask_recovery
 
     if args.filter_min_dice is not None and not args.filter_out:
         raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")

@@ -16,7 +16,7 @@ from laworder.synth.config import SynthConfig
 from laworder.synth.sampler import sample_pool
 from laworder.synth.task import train_synth
 from laworder.data.layouts import load_dataset
-from laworder.metrics.mask_recovery import mask_recovery
+from laworder.experiments.mask_recovery import mask_recovery
 
 
 def run_synth_demo(config, root: Path, train_dir: Path, test_dir: Path, segmenter_run: Path) -> dict[str, Any]:

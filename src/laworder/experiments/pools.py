@@ -26,7 +26,7 @@ from typing import Any
 from laworder.config import deep_merge, from_dict
 from laworder.errors import ConfigError
 from laworder.experiments.base import RunContext, slug
-from laworder.metrics.mask_recovery import MANIFEST, read_manifest
+from laworder.experiments.mask_recovery import MANIFEST, read_manifest
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from laworder.errors import DataError
-from laworder.experiments.runner import CONFIG, EXPERIMENTS, RESULTS
+from laworder.experiments.base import CONFIG, RESULTS
+from laworder.experiments.kinds import EXPERIMENTS
 
 REPORT = "report.md"
 

@@ -30,11 +30,9 @@ import yaml
 
 from laworder.config import deep_merge, from_dict, load_yaml, to_dict
 from laworder.errors import ConfigError, RunDirError
-from laworder.experiments import augmentation, seg_tables, synth_tables  # noqa: F401  (register the kinds)
-from laworder.experiments.base import EXPERIMENTS, Experiment, RunContext
-
-RESULTS = "results.json"
-CONFIG = "experiment.yaml"
+from laworder.experiments.base import CONFIG, RESULTS, Experiment, RunContext
+from laworder.experiments.kinds import EXPERIMENTS
+from laworder.experiments.report import write_report
 
 
 def list_experiments() -> dict[str, str]:
@@ -134,8 +132,5 @@ def run_experiment(source: str | os.PathLike | dict[str, Any], overrides: dict[s
     tmp = run_dir / (RESULTS + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
     os.replace(tmp, run_dir / RESULTS)
-
-    from laworder.experiments.report import write_report
-
     write_report(run_dir)
     return run_dir

@@ -2,7 +2,7 @@
 
 Both score synthetic pools with one frozen segmenter trained on the real training images
 (``segmenter``: a finished ``laworder seg train`` run, or trained here from ``seg``), on the
-conditioning masks that produced each image (``laworder.metrics.mask_recovery``).
+conditioning masks that produced each image (``laworder.experiments.mask_recovery``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from laworder.experiments.pools import (
     Pool, SampleSettings, pool_summary, resolve_pools, sample_recipe_pool, synth_config, train_pool_model,
     validate_pools,
 )
-from laworder.metrics.mask_recovery import filter_pool, mask_recovery
+from laworder.experiments.mask_recovery import filter_pool, mask_recovery
 from laworder.metrics.overlap import mean_std
 from laworder.models import MODELS
 from laworder.seg.config import SegTrainConfig

@@ -8,6 +8,9 @@ image. Reported as mean ± std over the pool's images (sample std).
 A pool is a pair folder (``images/`` + ``masks/``) with a ``manifest.json`` saying how it was
 generated; ``laworder synth sample`` (``laworder.synth.sampler.sample_pool``) writes both.
 
+It lives in ``experiments`` because it applies a trained segmenter (``laworder.seg``): the
+``metrics`` layer below stays free of the apps (data → seg/synth → metrics → experiments).
+
 Beyond the paper, :func:`filter_pool` keeps only the pairs whose frozen-segmenter Dice reaches a
 threshold and writes them as a new pool whose manifest records the filter.
 """
@@ -27,6 +30,8 @@ from torch import nn
 from laworder.data.layouts import load_dataset
 from laworder.errors import ConfigError, DataError
 from laworder.metrics.overlap import mean_std
+from laworder.seg.evaluate import evaluate_records
+from laworder.seg.loading import load_segmenter
 
 MANIFEST = "manifest.json"
 Segmenter = str | os.PathLike | nn.Module
@@ -66,8 +71,6 @@ def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | 
             raise ConfigError("mask_recovery with a model object needs image_size (a run folder records its own)")
         channels = int(getattr(segmenter, "in_channels", 3))
         return segmenter.eval(), image_size, channels, 0.5 if threshold is None else threshold, type(segmenter).__name__
-    from laworder.seg.loading import load_segmenter  # the seg app sits beside metrics; imported on use
-
     model, config = load_segmenter(segmenter, "best")
     return (model, image_size or config.image_size, config.channels,
             config.threshold if threshold is None else threshold, str(segmenter))
@@ -94,8 +97,6 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
     Raises:
         DataError: no manifest, an inconsistent pool, or an empty pool.
     """
-    from laworder.seg.evaluate import evaluate_records
-
     manifest = read_manifest(pool_dir)
     records = load_dataset(pool_dir, "pairs").train
     model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
