@@ -123,7 +123,8 @@ def _seg_evaluate(args: argparse.Namespace) -> int:
 
     model, config = load_segmenter(args.run, args.which)
     subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
-    result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold)
+    result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
+                              progress=not args.no_progress)
     out = write_eval(result, args.out or Path(args.run) / "eval", title=config.model)
     print(format_markdown(result, config.model))
     print(f"wrote {out}/eval.json and eval.md")
@@ -140,7 +141,8 @@ def _seg_predict(args: argparse.Namespace) -> int:
 
         model = OnnxSegmenter(args.onnx)
     written = predict_folder(model, args.source, args.out, config.image_size, config.channels, config.threshold,
-                             write_overlays=not args.no_overlays)
+                             write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
+                             save_probabilities=args.save_probabilities, progress=not args.no_progress)
     print(f"wrote {len(written)} masks to {Path(args.out) / 'masks'}")
     return 0
 
@@ -150,8 +152,10 @@ def _seg_export(args: argparse.Namespace) -> int:
     from laworder.seg.loading import load_segmenter
 
     model, config = load_segmenter(args.run, args.which)
-    report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels)
-    print(f"wrote {report.path} (onnxruntime parity: max abs diff {report.max_abs_diff:.2e})")
+    report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels,
+                         progress=not args.no_progress)
+    sizes = ", ".join(f"{h}×{w}" for h, w in report.checked_sizes)
+    print(f"wrote {report.path} (dynamic H×W; onnxruntime parity at {sizes}: max abs diff {report.max_abs_diff:.2e})")
     return 0
 
 
@@ -196,6 +200,7 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", nargs="+")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_evaluate)
     p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images")
     p.add_argument("run", help="run folder")
@@ -204,12 +209,20 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--onnx", help="run this exported .onnx model with onnxruntime instead of PyTorch")
     p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--resize", default="squash", choices=["squash", "pad", "sliding"],
+                   help="squash to the training size (default); pad: keep the aspect ratio, pad to a multiple of 32; "
+                        "sliding: native resolution, Gaussian-blended training-size windows (MONAI)")
+    p.add_argument("--tta", action="store_true", help="average the logits over the four flips (nnU-Net mirroring)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write probabilities/<stem>.npz (float32 K×H×W, background first)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_predict)
     p = seg.add_parser("export", help="export to ONNX and check onnxruntime parity")
     p.add_argument("run")
     p.add_argument("out", help="path of the .onnx file")
     p.add_argument("--which", default="best", choices=["best", "last"])
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--image-size", type=int, help="first parity-check size (default: the training size)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_export)
     p = seg.add_parser("profile", help="Table 9: params, FLOPs (two conventions), latency, memory")
     p.add_argument("--models", nargs="+", help="default: every registered model")

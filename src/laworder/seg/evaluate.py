@@ -39,8 +39,10 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], image_size: int,
                      channels: int = 3, threshold: float = 0.5, batch_size: int = 16,
-                     device: str | torch.device = "cpu") -> EvalResult:
-    """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest)."""
+                     device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
+    """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest).
+
+    ``progress`` shows a tqdm bar per subset (batches)."""
     if not subsets or not any(subsets.values()):
         raise DataError("nothing to evaluate: the dataset has no test subsets (give --subset or a pair folder)")
     model = model.to(device).eval()
@@ -50,6 +52,10 @@ def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], ima
             continue
         loader = DataLoader(PairDataset(records, image_size, channels), batch_size=batch_size, shuffle=False)
         rows = []
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc=f"evaluate {subset}", unit="batch", dynamic_ncols=True)
         for batch in loader:
             probs = predict_probabilities(model, batch["image"].to(device))
             dice, iou = dice_iou_per_image(probs >= threshold, batch["mask"].to(device) > 0.5)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,41 +16,76 @@ from laworder.errors import LaworderError
 @dataclass
 class ExportReport:
     path: Path
-    max_abs_diff: float
+    max_abs_diff: float  # over every checked size
     input_size: int
     opset: int
+    checked_sizes: list[tuple[int, int]] = field(default_factory=list)  # (H, W) pairs onnxruntime was compared at
+
+
+def parity_sizes(input_size: int) -> list[tuple[int, int]]:
+    """The (H, W) sizes the export is checked at: the training size, and a non-square one that
+    is larger in both axes by different steps of 32 (the networks downsample five times; larger,
+    because some need a minimum size, e.g. nnunet2d's instance norm)."""
+    return [(input_size, input_size), (input_size + 32, input_size + 64)]
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, channels: int = 3,
-                opset: int = 17, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0) -> ExportReport:
-    """Export ``model`` (eval mode, dynamic batch) and check onnxruntime against eager PyTorch.
+                opset: int = 17, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0,
+                progress: bool = False) -> ExportReport:
+    """Export ``model`` (eval mode; batch, height and width dynamic) and check onnxruntime
+    against eager PyTorch at two sizes (``parity_sizes``), so ``seg predict --resize pad`` and
+    ``sliding`` can feed it any multiple of 32.
 
     Raises ``LaworderError`` when any logit differs by more than ``atol + rtol·|logit|``
     (``numpy.allclose``'s rule; large networks reach logits of ±50, where float32 round-off
-    alone exceeds a fixed 1e-4). Nothing is left behind in that case.
+    alone exceeds a fixed 1e-4), at either size. Nothing is left behind in that case.
     """
     import onnxruntime as ort
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    example = torch.rand(2, channels, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    sizes = parity_sizes(input_size)
+    examples = [torch.rand(2, channels, h, w, generator=generator) for h, w in sizes]
+    steps = ["export"] + [f"check {h}x{w}" for h, w in sizes]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(steps), desc="export", unit="step", dynamic_ncols=True)
     tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(model, (examples[0],), str(tmp), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False)
+    if bar is not None:
+        bar.update(1)
     session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(example).numpy()
-    got = session.run(None, {"image": example.numpy()})[0]
-    diff = float(np.abs(expected - got).max())
-    if not np.allclose(got, expected, rtol=rtol, atol=atol):
-        tmp.unlink(missing_ok=True)
-        raise LaworderError(f"ONNX parity check failed: max |torch - onnxruntime| = {diff:.3g} "
-                            f"(allowed {atol} + {rtol}·|logit|)")
+    diff = 0.0
+    for (height, width), example in zip(sizes, examples):
+        with torch.no_grad():
+            expected = model(example).numpy()
+        try:
+            got = session.run(None, {"image": example.numpy()})[0]
+        except Exception as exc:  # onnxruntime raises its own types; a fixed-size graph fails here
+            tmp.unlink(missing_ok=True)
+            raise LaworderError(f"ONNX export does not run at {height}×{width}: {exc}") from exc
+        size_diff = float(np.abs(expected - got).max()) if expected.shape == got.shape else float("inf")
+        diff = max(diff, size_diff)
+        if not (expected.shape == got.shape and np.allclose(got, expected, rtol=rtol, atol=atol)):
+            tmp.unlink(missing_ok=True)
+            raise LaworderError(f"ONNX parity check failed at {height}×{width}: max |torch - onnxruntime| = "
+                                f"{size_diff:.3g} (allowed {atol} + {rtol}·|logit|)")
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     tmp.replace(path)
     path.with_suffix(".json").write_text(json.dumps({"input_size": input_size, "channels": channels, "opset": opset,
+                                                     "dynamic_axes": ["batch", "height", "width"],
+                                                     "checked_sizes": [list(s) for s in sizes],
                                                      "max_abs_diff": diff}, indent=2))
-    return ExportReport(path, diff, input_size, opset)
+    return ExportReport(path, diff, input_size, opset, sizes)
 
 
 class OnnxSegmenter:

@@ -1,16 +1,39 @@
-"""``laworder seg predict``: mask PNGs (at each image's own size) and overlays."""
+"""``laworder seg predict``: masks (at each image's own size), overlays and class probabilities.
+
+How an image of any size meets a network trained at ``image_size``² (``--resize``):
+
+* ``squash``: resize to ``image_size``² (aspect ratio distorted) and the logits back; the
+  historical default.
+* ``pad``: scale the longer side to ``image_size`` keeping the aspect ratio, pad (zeros, centred)
+  to a multiple of 32 (the networks downsample five times), crop the logits and scale them back.
+* ``sliding``: no rescaling: ``monai.inferers.sliding_window_inference`` with
+  ``image_size``² windows, 50 % overlap and Gaussian blending (nnU-Net's inference); an image
+  smaller than a window is padded, not refused.
+
+``--tta`` averages the logits over the four flips (none, left-right, up-down, both) as nnU-Net's
+mirroring does, inside each window for ``sliding``. Logits (not probabilities) are averaged and
+blended, then turned into probabilities once: sigmoid for one output channel, softmax for K.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from laworder.data.io import IMAGE_EXTENSIONS, read_image, write_image, write_mask
-from laworder.errors import DataError
+from laworder.errors import ConfigError, DataError
+
+RESIZE_MODES = ("squash", "pad", "sliding")
+PAD_MULTIPLE = 32
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))  # nnU-Net's 2-D mirror set
+# Colours of classes 1, 2, ... in overlays (class 1 keeps the binary overlay's orange).
+CLASS_COLOURS = ((255, 64, 0), (0, 160, 255), (60, 220, 60), (250, 220, 0), (200, 60, 255), (0, 230, 200),
+                 (255, 120, 180), (140, 90, 40))
 
 
 def list_images(source: str | Path) -> list[Path]:
@@ -37,23 +60,107 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 64, 0), alpha: floa
     return out.clip(0, 255).astype(np.uint8)
 
 
+def overlay_labels(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Colour overlay of an ``H×W`` label map (0 = background) on an ``H×W×3`` uint8 image."""
+    out = image
+    for value in (int(v) for v in np.unique(labels) if v > 0):
+        out = overlay(out, labels == value, CLASS_COLOURS[(value - 1) % len(CLASS_COLOURS)])
+    return out
+
+
+def _mirrored(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Logits of ``images`` (``B×C×H×W``), averaged over the four flips when ``tta``."""
+    if not tta:
+        return model(images).float()
+    total = None
+    for dims in FLIPS:
+        out = model(images.flip(dims) if dims else images).float()
+        out = out.flip(dims) if dims else out
+        total = out if total is None else total + out
+    return total / len(FLIPS)
+
+
+def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, image_size: int,
+                   resize: str = "squash", tta: bool = False, sw_batch_size: int = 4, overlap: float = 0.5) -> torch.Tensor:
+    """``1×C×H×W`` image in [0, 1] -> ``1×K×H×W`` logits at the image's own size (see the module doc)."""
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+    height, width = image.shape[-2:]
+    if resize == "sliding":
+        from monai.inferers import sliding_window_inference
+
+        # MONAI pads an image smaller than the window and crops the result again.
+        return sliding_window_inference(image, (image_size, image_size), sw_batch_size,
+                                        lambda windows: _mirrored(model, windows, tta), overlap=overlap,
+                                        mode="gaussian", padding_mode="constant", cval=0.0).float()
+    if resize == "squash":
+        inner = (image_size, image_size)
+        net_in = F.interpolate(image, size=inner, mode="bilinear", align_corners=False, antialias=True)
+        logits = _mirrored(model, net_in, tta)
+    else:  # pad
+        scale = image_size / max(height, width)
+        inner = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = F.interpolate(image, size=inner, mode="bilinear", align_corners=False, antialias=True)
+        padded_hw = [math.ceil(s / PAD_MULTIPLE) * PAD_MULTIPLE for s in inner]
+        top, left = (padded_hw[0] - inner[0]) // 2, (padded_hw[1] - inner[1]) // 2
+        net_in = F.pad(scaled, (left, padded_hw[1] - inner[1] - left, top, padded_hw[0] - inner[0] - top))
+        logits = _mirrored(model, net_in, tta)[..., top : top + inner[0], left : left + inner[1]]
+    return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``B×K×H×W`` logits -> per-class probabilities ``B×max(K,2)×H×W`` (channel 0 = background).
+
+    One channel is the binary sigmoid model: ``[1 - p, p]``; K ≥ 2 channels are softmaxed.
+    """
+    if logits.shape[1] == 1:
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
 @torch.no_grad()
-def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | Path, out_dir: str | Path,
-                   image_size: int, channels: int = 3, threshold: float = 0.5, write_overlays: bool = True) -> list[Path]:
-    """Segment every image in ``source``; writes ``masks/<stem>.png`` (+ ``overlays/``)."""
+def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | Path | Sequence[Path], out_dir: str | Path,
+                   image_size: int, channels: int = 3, threshold: float = 0.5, write_overlays: bool = True,
+                   resize: str = "squash", tta: bool = False, save_probabilities: bool = False,
+                   progress: bool = False, device: str | torch.device = "cpu") -> list[Path]:
+    """Segment every image in ``source`` (a folder, one file, or a list of files).
+
+    Writes ``masks/<stem>.png`` at the image's own size (binary: 0/255; K classes: the class
+    index 0..K-1 per pixel, as nnU-Net label maps), ``overlays/<stem>.png`` unless
+    ``write_overlays`` is off, and with ``save_probabilities`` ``probabilities/<stem>.npz``
+    holding ``probabilities``: float32 ``K×H×W`` with the background as channel 0 (binary: 2×H×W).
+    ``threshold`` applies to the binary foreground probability only (K classes take the argmax).
+    """
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     out_dir = Path(out_dir)
+    files = list(source) if isinstance(source, (list, tuple)) else list_images(source)
+    if progress:
+        from tqdm.auto import tqdm
+
+        files = tqdm(files, desc="predict", unit="image", dynamic_ncols=True)
     written = []
-    for path in list_images(source):
+    for path in files:
         image = read_image(path, channels)
-        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0)
-        resized = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-        logits = model(resized)
-        prob = torch.sigmoid(F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False))
-        mask = (prob[0, 0] >= threshold).cpu().numpy()
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).unsqueeze(0).to(device)
+        logits = predict_logits(model, tensor, image_size, resize, tta)
         target = out_dir / "masks" / f"{path.stem}.png"
-        write_mask(target, mask)
+        if logits.shape[1] == 1:
+            prob = torch.sigmoid(logits)
+            labels = (prob[0, 0] >= threshold).cpu().numpy()
+            write_mask(target, labels)
+        else:
+            prob = torch.softmax(logits, dim=1)
+            labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
+            write_image(target, labels)
         written.append(target)
+        if save_probabilities:
+            target_npz = out_dir / "probabilities" / f"{path.stem}.npz"
+            target_npz.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(target_npz, probabilities=probabilities(logits)[0].cpu().numpy().astype(np.float32))
         if write_overlays:
             rgb = image if image.shape[2] == 3 else np.repeat(image[..., :1], 3, axis=2)
-            write_image(out_dir / "overlays" / f"{path.stem}.png", overlay(rgb, mask))
+            picture = overlay(rgb, labels) if labels.dtype == bool else overlay_labels(rgb, labels)
+            write_image(out_dir / "overlays" / f"{path.stem}.png", picture)
     return written
