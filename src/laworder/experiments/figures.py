@@ -76,3 +76,30 @@ def plot_qualitative_grid(images: np.ndarray, masks: np.ndarray, predictions: di
         if titles:
             axes[row][0].set_ylabel(titles[row], fontsize=7)
     return save_figure(fig, out, dpi=100)
+
+
+def plot_probe(runs: dict[str, str | Path] | str | Path, out: str | Path) -> Path | None:
+    """One panel per region: the gap (shuffled − true ε-MSE) over training steps, one line per run.
+
+    ``runs``: a run folder, or label -> run folder. Returns the PNG, or None when no run has
+    probe records.
+    """
+    from laworder.synth.probe import REGIONS, read_probe
+
+    runs = runs if isinstance(runs, dict) else {Path(runs).name: runs}
+    curves = {label: read_probe(run) for label, run in runs.items()}
+    if not any(curves.values()):
+        return None
+    regions = REGIONS[:3]
+    fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.4), squeeze=False, sharey=True)
+    for ax, region in zip(axes[0], regions):
+        for label, records in curves.items():
+            if records:
+                ax.plot([r["step"] for r in records], [r[f"probe_gap_{region}"] for r in records], marker=".", label=label)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(f"{region}: shuffled − true ε-MSE", fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("gap (> 0: the mask is used)")
+    axes[0][-1].legend(fontsize=7)
+    return save_figure(fig, out, dpi=110)

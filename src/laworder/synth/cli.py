@@ -23,7 +23,11 @@ def _train(args: argparse.Namespace) -> int:
         extra["backbone_kwargs"] = backbone_kwargs
     config = _build_config(SynthConfig, args, extra)
     run_dir = train_synth(config)
-    print(f"run folder: {run_dir}  (weights in model/last, delta-map snapshots in snapshots/, curves in metrics.jsonl)")
+    from laworder.experiments.figures import plot_probe
+
+    probe = plot_probe(run_dir, run_dir / "probe.png")  # only when probe_every > 0
+    print(f"run folder: {run_dir}  (weights in model/last, delta-map snapshots in snapshots/, curves in metrics.jsonl"
+          + (f", mask probe in {probe.name})" if probe else ")"))
     return 0
 
 

@@ -35,6 +35,9 @@ class SynthConfig:
         image_channels: 3 (RGB) or 1 (grayscale; built-in backbone only).
         cond_drop_prob: probability of replacing the condition by the null token (5 %, §4.1.2).
         snapshot_count: samples per delta-map snapshot grid.
+        probe_every: run the mask probe (``laworder.synth.probe``: ε-MSE with true vs shuffled
+            masks on ``probe_count`` held-out test pairs) every this many steps; 0 = never.
+        probe_count: held-out pairs in the probe set.
         cache_images: keep resized images in memory (``PairDataset(cache=True)``).
         check_data: run ``laworder.data.ensure_valid`` before training.
         loop: the training-loop settings (``laworder.training.LoopConfig``).
@@ -50,6 +53,8 @@ class SynthConfig:
     image_channels: int = 3
     cond_drop_prob: float = 0.05
     snapshot_count: int = 4
+    probe_every: int = 0
+    probe_count: int = 16
     cache_images: bool = True
     check_data: bool = True
     loop: LoopConfig = field(default_factory=default_loop)

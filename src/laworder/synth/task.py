@@ -80,6 +80,7 @@ class SynthTask(TrainTask):
         # Set by the training core when it provides them (Siamese w_i = k / N_iter ramp).
         self.global_step: int | None = None
         self.total_steps: int | None = config.loop.max_steps
+        self.probe_set = None  # a ``laworder.synth.probe.ProbeSet`` when ``probe_every`` > 0 (``train_synth``)
         self._branches: dict[str, Callable[..., torch.Tensor]] = {
             "eps_teacher": self._teacher_prediction,
             "eps_image": self._image_branch_prediction,
@@ -217,6 +218,46 @@ class SynthTask(TrainTask):
         images, masks, maps = self.weight_maps(batch, seed=step)
         write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png", images, masks, maps)
 
+    def periodic_logs(self, step: int, run_dir: Path) -> dict[str, float]:
+        """The mask probe every ``probe_every`` steps (``laworder.synth.probe``), on the bare
+        modules in eval mode (no DDP wrapper: only the main process runs it)."""
+        every = self.config.probe_every
+        if not every or step % every or self.probe_set is None:
+            return {}
+        from laworder.synth.probe import probe_mask
+
+        wrapped = self.modules
+        bare = {name: self.unwrapped(name) for name in wrapped}
+        self.backbone.bind(bare)
+        modes = {name: module.training for name, module in bare.items()}
+        try:
+            for module in bare.values():
+                module.eval()
+            return probe_mask(self.backbone, self.noise_scheduler, self.probe_set, self.device)
+        finally:
+            for name, module in bare.items():
+                module.train(modes[name])
+            self.backbone.bind(wrapped)
+
+
+def held_out_probe_set(collection, config: SynthConfig):
+    """The mask probe's fixed set: the first ``probe_count`` test pairs, taken in turn from each
+    test subset (held out from training).
+
+    Raises:
+        ConfigError: ``probe_every`` < 0. DataError: the dataset has fewer than 2 test pairs.
+    """
+    from laworder.synth.probe import make_probe_set
+
+    if config.probe_every < 0:
+        raise ConfigError(f"probe_every must be >= 0 (0 = no probe), got {config.probe_every}")
+    subsets = [list(records) for records in collection.test.values()]
+    interleaved = [subset[i] for i in range(max(map(len, subsets), default=0)) for subset in subsets if i < len(subset)]
+    if len(interleaved) < 2:
+        raise DataError(f"{config.data}: the mask probe (probe_every={config.probe_every}) needs held-out test pairs; "
+                        f"found {len(interleaved)}. Use a dataset with a test split or set probe_every=0")
+    return make_probe_set(interleaved, config.resolution, config.image_channels, config.probe_count, seed=config.loop.seed)
+
 
 def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     """Train a mask-conditioned diffusion model; returns the run folder.
@@ -241,6 +282,8 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     np.random.seed(config.loop.seed)
     task = SynthTask(config)
     config = replace(config, resolution=task.backbone.resolution)  # saved resolved in config.yaml
+    if config.probe_every:
+        task.probe_set = held_out_probe_set(collection, config)
     task.config = config
     dataset = PairDataset(collection.train, size=config.resolution, channels=config.image_channels, cache=config.cache_images)
     result = fit(task, dataset, config.loop, run_config=config)

@@ -227,6 +227,10 @@ def fit(
                 running, running_count = {}, 0
             if config.snapshot_every and state["global_step"] % config.snapshot_every == 0 and accelerator.is_main_process:
                 task.on_log(state["global_step"], run_dir, batch)
+            if accelerator.is_main_process:
+                periodic = task.periodic_logs(state["global_step"], run_dir)
+                if periodic:
+                    _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **periodic})
             if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and not at_end:
                 checkpoint_now()
             if at_end:

@@ -53,6 +53,11 @@ class TrainTask(abc.ABC):
     def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> None:
         """Called every ``snapshot_every`` steps on the main process (figures, snapshots)."""
 
+    def periodic_logs(self, step: int, run_dir: Path) -> dict[str, float]:
+        """Called after every step on the main process; what it returns (e.g. a probe on held-out
+        data every K steps) is appended to ``metrics.jsonl`` at ``step`` (default: nothing)."""
+        return {}
+
     # helpers -----------------------------------------------------------------
     def unwrapped(self, name: str) -> nn.Module:
         module = self.modules[name]
