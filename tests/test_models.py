@@ -234,13 +234,21 @@ def test_gradient_reaches_every_attention_parameter():
     model = create_model("order")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     images, masks = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.7).float()
-    for _ in range(2):  # the zero-init output projections open the Q/K/V path after one update
+    reached: dict[str, torch.Tensor] = {}
+    for step in range(4):  # the zero-init output projections open the Q/K/V path after one update
         optimizer.zero_grad()
         F.binary_cross_entropy_with_logits(model(images), masks).backward()
         optimizer.step()
-    for module in _attention_modules(model):
-        for name, param in module.named_parameters():
-            assert param.grad is not None and param.grad.abs().sum() > 0, name
+        # summed over the steps after the first: the gate's few ReLU units (C/4) can all be off
+        # for a 2-image batch at one step, which zeroes that step's gate.reduce gradient
+        for index, module in enumerate(_attention_modules(model)):
+            for name, param in module.named_parameters():
+                if step and param.grad is not None:
+                    key = f"{index}.{name}"
+                    reached[key] = reached.get(key, 0) + param.grad.abs().sum()
+    for index, module in enumerate(_attention_modules(model)):
+        for name, _ in module.named_parameters():
+            assert reached.get(f"{index}.{name}", 0) > 0, name
 
 
 def test_order_trains_under_ddp_without_unused_parameters(tmp_path):

@@ -44,6 +44,36 @@ def init_normal_(module: nn.Module, std: float = 0.02) -> nn.Module:
     return module
 
 
+def init_head_nonnegative_(conv: nn.Conv2d) -> nn.Conv2d:
+    """Fold PyTorch's default draw of a 1×1 output head to non-negative weights and zero the bias.
+
+    The MK-UNet heads read post-ReLU features ``f >= 0``. With the default init (weights and bias
+    uniform in ±1/√fan_in) a seed can draw every weight and the bias negative (``set_seed(1)``
+    does for ``mk_unet``): then every logit ``b + w·f <= b < 0``, nothing is predicted positive,
+    and training cannot recover, because the only way to raise a foreground logit is to grow a
+    feature the head weighs negatively, so the foreground features are pushed to zero instead
+    (dead ReLUs) while the bias follows the background-dominated mean down. With ``w >= 0`` and
+    ``b = 0`` every logit starts ``>= 0`` for any input, and the foreground stays expressible as
+    "these features are active"; the background is learned by lowering the bias, as in the seeds
+    whose default draw happened to be healthy.
+
+    ``|w|`` of the default draw (not a new draw) keeps the magnitudes, and the random stream,
+    of the reference init: every other parameter of the model is the same for a given seed.
+    """
+    with torch.no_grad():
+        conv.weight.abs_()
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return conv
+
+
+# model_kwargs.head_init -> how the 1×1 output heads are initialised after PyTorch's default draw
+HEAD_INITS: dict[str, Callable[[nn.Conv2d], nn.Conv2d]] = {
+    "nonnegative": init_head_nonnegative_,
+    "reference": lambda conv: conv,  # the official MK-UNet: PyTorch's default, never re-initialised
+}
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet channel shuffle of a ``B×C×H×W`` tensor (identity when ``groups == 1``)."""
     if groups == 1:
@@ -167,8 +197,13 @@ class MKUNet(SegmentationModel):
             (index 0 = deepest, the ``channels[3]`` skip at H/16; 3 = shallowest at H/2);
             default: GAG fusion everywhere.
 
+        head_init: ``"nonnegative"`` (default): the 1×1 output heads' default draw folded to
+            ``|w|`` with zero bias, so no seed starts with every logit negative (a dead head, see
+            :func:`init_head_nonnegative_`); ``"reference"``: PyTorch's default, as the official
+            MK-UNet (reproduces its draw, dead heads included, e.g. seed 1).
+
     Initialisation follows the reference: every conv of the blocks N(0, 0.02) with zero bias, BN
-    (1, 0); the 1×1 output heads keep PyTorch's default init (the reference never re-inits them).
+    (1, 0); the 1×1 output heads as ``head_init`` says (the reference never re-inits them).
     """
 
     def __init__(
@@ -181,8 +216,11 @@ class MKUNet(SegmentationModel):
         gag_kernel: int = 3,
         deep_supervision: bool = False,
         skip_fusion: SkipFusionFactory | None = None,
+        head_init: str = "nonnegative",
     ) -> None:
         super().__init__(in_channels, num_classes, deep_supervision)
+        if head_init not in HEAD_INITS:
+            raise ConfigError(f"unknown head_init {head_init!r}; known: {', '.join(sorted(HEAD_INITS))}")
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5 or min(channels) < 2:
             raise ConfigError(f"channels must be five stage widths >= 2, got {channels}")
@@ -211,6 +249,9 @@ class MKUNet(SegmentationModel):
         self.aux_heads = (
             nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in decoder_out[1:4]) if deep_supervision else None
         )
+        self.head_init = head_init
+        for head in [self.head, *(self.aux_heads or [])]:
+            HEAD_INITS[head_init](head)
 
     def forward_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import torch
@@ -13,6 +14,11 @@ from laworder.seg.config import AugmentConfig
 from laworder.seg.losses import bce_dice_loss
 from laworder.training.task import StepOutput, TrainTask
 
+logger = logging.getLogger(__name__)
+
+# Validations in a row without one predicted-positive pixel before training warns of a dead head.
+NO_POSITIVE_WARN_AFTER = 3
+
 
 class SegTask(TrainTask):
     """images ``B×C×H×W`` in [0,1], masks ``B×1×H×W`` -> BCE+Dice on the model's logits."""
@@ -23,6 +29,7 @@ class SegTask(TrainTask):
         self.augment = augment
         self.loss_fn = bce_dice_loss(bce_weight, dice_weight)
         self.threshold = threshold
+        self.no_positive_streak = 0  # consecutive validations that predicted no positive pixel
 
     def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
         images, masks = augment_batch(
@@ -41,13 +48,25 @@ class SegTask(TrainTask):
     def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
         model = self.unwrapped("model")
         dices, ious, losses = [], [], []
+        positive, pixels = 0, 0
         for batch in loader:
             logits = model(batch["image"])
             losses.append(float(self.loss_fn(logits, batch["mask"])) * len(logits))
             pred = torch.sigmoid(logits) >= self.threshold
+            positive, pixels = positive + int(pred.sum()), pixels + pred.numel()
             dice, iou = dice_iou_per_image(pred, batch["mask"] > 0.5)
             dices.append(dice.cpu())
             ious.append(iou.cpu())
         dice_all, iou_all = torch.cat(dices), torch.cat(ious)
+        # A model that predicts nothing scores Dice 0 on every foreground image; say so instead of
+        # letting it pass for a slow start (the dead output head of issue 11 looked exactly like this).
+        self.no_positive_streak = self.no_positive_streak + 1 if positive == 0 else 0
+        if self.no_positive_streak >= NO_POSITIVE_WARN_AFTER:
+            logger.warning(
+                "validation predicted no positive pixel for %d evaluations in a row: the model may be stuck "
+                "(dead output head or collapsed features); check the learning rate, the data's masks, "
+                "or the output-head init (model_kwargs.head_init)", self.no_positive_streak)
         return {"val_dice": float(dice_all.mean()), "val_iou": float(iou_all.mean()),
-                "val_loss": sum(losses) / len(dice_all)}
+                "val_loss": sum(losses) / len(dice_all),
+                "val_positive_fraction": positive / max(1, pixels),
+                "val_no_positive_streak": self.no_positive_streak}
