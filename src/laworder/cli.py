@@ -143,7 +143,10 @@ def _seg_predict(args: argparse.Namespace) -> int:
     written = predict_folder(model, args.source, args.out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress)
-    print(f"wrote {len(written)} masks to {Path(args.out) / 'masks'}")
+    from laworder.parallel import process_state
+
+    if process_state().is_main_process:  # under accelerate launch every process returns here
+        print(f"wrote {len(written)} masks to {Path(args.out) / 'masks'}")
     return 0
 
 

@@ -60,10 +60,13 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
 
     from laworder.errors import ConfigError
     from laworder.experiments.mask_recovery import filter_pool, mask_recovery
+    from laworder.parallel import process_state
 
     if args.filter_min_dice is not None and not args.filter_out:
         raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")
     scores = mask_recovery(args.segmenter, args.pool, args.image_size)
+    if not process_state().is_main_process:  # under accelerate launch: one process reports and writes
+        return 0
     print(f"{scores['pool']} ({scores['method']}, {scores['count']} pairs): mask Dice "
           f"{scores['dice']['mean']:.3f} ± {scores['dice']['std']:.3f}, IoU {scores['iou']['mean']:.3f} ± {scores['iou']['std']:.3f}")
     if args.out:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from laworder import parallel
 from laworder.data.layouts import load_dataset
 from laworder.errors import ConfigError, DataError
 from laworder.metrics.overlap import mean_std
@@ -100,9 +101,13 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
     manifest = read_manifest(pool_dir)
     records = load_dataset(pool_dir, "pairs").train
     model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    result = evaluate_records(model, {"pool": records}, size, channels, cut, batch_size, device)
-    rows = result.per_image["pool"]
+    # Under `accelerate launch` each process scores whole batches; every process gets all rows.
+    state = parallel.process_state()
+    device = parallel.inference_device(state, device)
+    mine = [r for batch in parallel.my_share(parallel.batches_of(records, batch_size), state) for r in batch]
+    rows = evaluate_records(model, {"pool": mine}, size, channels, cut, batch_size, device).per_image["pool"] if mine else []
+    order = {record.stem: index for index, record in enumerate(records)}
+    rows = sorted(parallel.gather(rows, state), key=lambda row: order[row["stem"]])
     dice, iou = mean_std(r["dice"] for r in rows), mean_std(r["iou"] for r in rows)
     return {
         "pool": str(pool_dir),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from laworder import parallel
 from laworder.data.io import IMAGE_EXTENSIONS, read_image, write_image, write_mask
 from laworder.errors import ConfigError, DataError
 
@@ -123,7 +124,7 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | Path | Sequence[Path], out_dir: str | Path,
                    image_size: int, channels: int = 3, threshold: float = 0.5, write_overlays: bool = True,
                    resize: str = "squash", tta: bool = False, save_probabilities: bool = False,
-                   progress: bool = False, device: str | torch.device = "cpu") -> list[Path]:
+                   progress: bool = False, device: str | torch.device | None = None) -> list[Path]:
     """Segment every image in ``source`` (a folder, one file, or a list of files).
 
     Writes ``masks/<stem>.png`` at the image's own size (binary: 0/255; K classes: the class
@@ -131,12 +132,21 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     ``write_overlays`` is off, and with ``save_probabilities`` ``probabilities/<stem>.npz``
     holding ``probabilities``: float32 ``K×H×W`` with the background as channel 0 (binary: 2×H×W).
     ``threshold`` applies to the binary foreground probability only (K classes take the argmax).
+
+    Under ``accelerate launch`` each process segments every N-th image into the same ``out_dir``
+    (``laworder.parallel``) on its own device; every process returns the full list of masks.
+    ``device`` defaults to that process device, else CPU.
     """
     if resize not in RESIZE_MODES:
         raise ConfigError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     out_dir = Path(out_dir)
-    files = list(source) if isinstance(source, (list, tuple)) else list_images(source)
-    if progress:
+    all_files = list(source) if isinstance(source, (list, tuple)) else list_images(source)
+    state = parallel.process_state()
+    device = torch.device(device) if device is not None else (state.device if parallel.is_distributed(state) else "cpu")
+    if hasattr(model, "to"):
+        model = model.to(device)
+    files = parallel.my_share(all_files, state)
+    if progress and state.is_main_process:
         from tqdm.auto import tqdm
 
         files = tqdm(files, desc="predict", unit="image", dynamic_ncols=True)
@@ -163,4 +173,7 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
             rgb = image if image.shape[2] == 3 else np.repeat(image[..., :1], 3, axis=2)
             picture = overlay(rgb, labels) if labels.dtype == bool else overlay_labels(rgb, labels)
             write_image(out_dir / "overlays" / f"{path.stem}.png", picture)
-    return written
+    written = parallel.gather(written, state)
+    parallel.wait(state)
+    order = {path.stem: index for index, path in enumerate(all_files)}
+    return sorted(written, key=lambda target: order[target.stem])

@@ -40,7 +40,10 @@ def _sample(args: argparse.Namespace) -> int:
         layout=args.layout, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
         mask_guidance=args.mask_guidance,
     )
-    print(f"pool: {pool} (images/, masks/, manifest.json; `laworder seg train --set extra_train=[{pool}]` reads it)")
+    from laworder.parallel import process_state
+
+    if process_state().is_main_process:  # under accelerate launch every process returns here
+        print(f"pool: {pool} (images/, masks/, manifest.json; `laworder seg train --set extra_train=[{pool}]` reads it)")
     return 0
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from laworder import parallel
 from laworder.config import from_dict, load_yaml
 from laworder.errors import ConfigError, DataError, MissingWeightsError, RunDirError
 from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone
@@ -279,23 +280,26 @@ def sample_pool(
     check_sampling_args(steps, guidance_scale, eta, mask_guidance=mask_guidance)
     items = collect_masks(masks, split=split, layout=layout)[:limit]  # fail on bad masks before anything else
     out_dir = Path(out_dir)
+    state = parallel.process_state()
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise RunDirError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-        for name in ("images", "masks", MANIFEST):
+        for name in ("images", "masks", MANIFEST) if state.is_main_process else ():
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    parallel.wait(state)  # the main process has cleared out_dir before anyone writes
     backbone, config, weight_files = load_backbone(checkpoint)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = parallel.inference_device(state, device)
     for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
         module.to(device)
     sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg, mask_guidance)
     size = backbone.resolution
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    if progress:
+    # Under `accelerate launch` each process takes whole batches (see laworder.parallel).
+    batches = parallel.my_share(parallel.batches_of(items, batch_size), state)
+    if progress and state.is_main_process:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="sample", unit="batch")
@@ -309,6 +313,11 @@ def sample_pool(
             write_image(out_dir / "images" / f"{item.stem}.png", np.round(pixel * 255).astype(np.uint8))
             write_mask(out_dir / "masks" / f"{item.stem}.png", mask[0].numpy() > 0.5)
             entries.append({"stem": item.stem, "seed": item_seed, "source_mask": str(item.path)})
+    order = {item.stem: index for index, item in enumerate(items)}
+    entries = sorted(parallel.gather(entries, state), key=lambda entry: order[entry["stem"]])
+    if not state.is_main_process:
+        parallel.wait(state)  # returns once the main process has written the manifest
+        return out_dir
     manifest = {
         "method": config.objective,
         "objective_kwargs": config.objective_kwargs,
@@ -332,4 +341,5 @@ def sample_pool(
         "items": entries,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    parallel.wait(state)
     return out_dir
