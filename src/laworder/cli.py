@@ -118,35 +118,50 @@ def _seg_protocol(args: argparse.Namespace) -> int:
 
 
 def _seg_evaluate(args: argparse.Namespace) -> int:
+    from laworder.errors import ConfigError
     from laworder.seg.evaluate import evaluate_records, evaluation_subsets, format_markdown, write_eval
-    from laworder.seg.loading import load_segmenter
 
-    model, config = load_segmenter(args.run, args.which)
+    model, config, _ = _seg_model(args, [args.run] if args.run else [], 1)
+    if args.pretrained and not (args.data and args.out):
+        raise ConfigError("with --pretrained give --data (the dataset to score) and --out (where eval.json goes)")
     subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
     result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
                               progress=not args.no_progress)
-    out = write_eval(result, args.out or Path(args.run) / "eval", title=config.model)
+    out = write_eval(result, args.out or Path(args.run) / "eval", title=args.pretrained or config.model)
     print(format_markdown(result, config.model))
     print(f"wrote {out}/eval.json and eval.md")
     return 0
 
 
+def _seg_model(args: argparse.Namespace, paths: list[str], wanted: int):
+    """(model, config, remaining paths): shipped weights with ``--pretrained``, else ``paths[0]`` is a run folder."""
+    from laworder.errors import ConfigError
+    from laworder.seg.loading import load_pretrained_segmenter, load_segmenter
+
+    given = len(paths) + (1 if args.pretrained else 0)
+    if given != wanted:
+        usage = " ".join(args.usage_paths)
+        raise ConfigError(f"expected {usage} (RUN or --pretrained NAME), got {len(paths)} path(s): {' '.join(paths) or '(none)'}")
+    if args.pretrained:
+        return (*load_pretrained_segmenter(args.pretrained), paths)
+    return (*load_segmenter(paths[0], args.which), paths[1:])
+
+
 def _seg_predict(args: argparse.Namespace) -> int:
-    from laworder.seg.loading import load_segmenter
     from laworder.seg.predict import predict_folder
 
-    model, config = load_segmenter(args.run, args.which)
+    model, config, (source, out) = _seg_model(args, args.paths, 3)
     if args.onnx:
         from laworder.seg.export import OnnxSegmenter
 
         model = OnnxSegmenter(args.onnx)
-    written = predict_folder(model, args.source, args.out, config.image_size, config.channels, config.threshold,
+    written = predict_folder(model, source, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress)
     from laworder.parallel import process_state
 
     if process_state().is_main_process:  # under accelerate launch every process returns here
-        print(f"wrote {len(written)} masks to {Path(args.out) / 'masks'}")
+        print(f"wrote {len(written)} masks to {Path(out) / 'masks'}")
     return 0
 
 
@@ -180,6 +195,17 @@ def _seg_list(args: argparse.Namespace) -> int:
 
     for name, doc in MODELS.describe().items():
         print(f"{name:16s} {doc}")
+    from laworder.models.pretrained import list_pretrained, weights_dir
+
+    shipped = list_pretrained()
+    print(f"\nshipped weights ({weights_dir()}); use create_model(MODEL, pretrained=DATASET) or --pretrained MODEL/DATASET:")
+    if not shipped:
+        print("  (none)")
+    for w in shipped:
+        dice = f"{100 * w.test_dice:.1f}" if w.test_dice is not None else "n/a"
+        subsets = ", ".join(f"{k} {100 * v['dice']:.1f}" for k, v in w.meta.get("test", {}).get("subsets", {}).items())
+        print(f"  {w.name:20s} {w.model:10s} {w.dataset:8s} {w.image_size}²  {w.in_channels}ch  "
+              f"test Dice {dice} ({subsets})  [{w.kind}]")
     return 0
 
 
@@ -198,17 +224,20 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--subset", nargs="+", help="only these test subsets")
         p.set_defaults(func=func)
     p = seg.add_parser("evaluate", help="Dice/IoU per image, per subset and over subsets")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", nargs="?", help="run folder (or --pretrained NAME)")
+    p.add_argument("--pretrained", metavar="MODEL/DATASET", help="score shipped weights (laworder seg list)")
     p.add_argument("--data", help="dataset to score (default: the run's dataset test subsets)")
     p.add_argument("--subset", nargs="+")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_seg_evaluate)
-    p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images")
-    p.add_argument("run", help="run folder")
-    p.add_argument("source", help="image folder, pair folder or one image")
-    p.add_argument("out")
+    p.set_defaults(func=_seg_evaluate, usage_paths=["RUN"])
+    p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images",
+                       usage="laworder seg predict [-h] (RUN | --pretrained MODEL/DATASET) SOURCE OUT [options]")
+    p.add_argument("paths", nargs="+", metavar="[RUN] SOURCE OUT",
+                   help="run folder (omit with --pretrained), image folder / pair folder / one image, output folder")
+    p.add_argument("--pretrained", metavar="MODEL/DATASET",
+                   help="use weights shipped with the package instead of a run folder (laworder seg list)")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--onnx", help="run this exported .onnx model with onnxruntime instead of PyTorch")
     p.add_argument("--no-overlays", action="store_true")
@@ -219,7 +248,7 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write probabilities/<stem>.npz (float32 K×H×W, background first)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=_seg_predict)
+    p.set_defaults(func=_seg_predict, usage_paths=["RUN", "SOURCE", "OUT"])
     p = seg.add_parser("export", help="export to ONNX and check onnxruntime parity")
     p.add_argument("run")
     p.add_argument("out", help="path of the .onnx file")
@@ -236,7 +265,7 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="store_true", help="also time the onnxruntime export")
     p.add_argument("--out", help="write the rows as JSON here")
     p.set_defaults(func=_seg_profile)
-    p = seg.add_parser("list", help="registered segmenters")
+    p = seg.add_parser("list", help="registered segmenters and the weights shipped with the package")
     p.set_defaults(func=_seg_list)
 
 

@@ -23,12 +23,21 @@ def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module
     return MODELS.register(name)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Build the registered segmenter ``name`` with ``kwargs`` (e.g. ``in_channels``, ``num_classes``).
 
+    ``pretrained`` loads weights shipped with the package (``"polyps"`` or ``"order/polyps"``; see
+    ``laworder seg list`` and :mod:`laworder.models.pretrained`), returning the model in eval mode.
+
     Raises:
-        ConfigError: ``name`` is not registered; the message lists the known names.
+        ConfigError: ``name`` is not registered, or ``pretrained`` names no shipped weights (the
+            messages list the known names), or ``kwargs`` contradict the weights (channels, classes).
     """
+    MODELS.get(name)  # unknown model names fail first, listing the registered ones
+    if pretrained is not None:
+        from laworder.models.pretrained import create_pretrained
+
+        return create_pretrained(name, pretrained, **kwargs)
     return MODELS.create(name, **kwargs)
 
 

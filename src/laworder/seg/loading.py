@@ -32,3 +32,16 @@ def load_segmenter(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
             load_weights(model, weights)
             return model.eval(), config
     raise MissingWeightsError(f"no weights in {run_dir}/model/{{{','.join(candidates)}}}/model.safetensors; did training finish?")
+
+
+def load_pretrained_segmenter(name: str, directory: str | Path | None = None) -> tuple[nn.Module, SegTrainConfig]:
+    """Shipped weights ``name`` (``"order/polyps"``, see ``laworder seg list``) as a model in eval
+    mode plus the settings predict/evaluate need (resolution, channels, threshold)."""
+    from laworder.models.pretrained import create_pretrained, find_pretrained
+
+    weights = find_pretrained(name, directory=directory)
+    model = create_pretrained(weights.model, weights.name, directory)
+    config = SegTrainConfig(model=weights.model, model_kwargs=weights.model_kwargs, image_size=weights.image_size,
+                            channels=weights.in_channels, threshold=weights.threshold,
+                            data=str(weights.meta.get("training", {}).get("data", "")))
+    return model, config

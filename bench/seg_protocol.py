@@ -1,0 +1,305 @@
+"""The paper's segmentation protocol (Table 12 recipe) on this machine, one run at a time, resumable.
+
+Grid (issue 11 item 3): ORDER[0,1] and MK-UNet on polyps and BRISC, then the SE-skip and
+CBAM-skip controls on polyps, for each seed. Each run is the Table 12 recipe (AdEMAMix, lr 1e-4,
+wd 1e-4, cosine to 1e-6, 100 epochs, batch 16, BCE + Dice, flips and ±90° rotations, a fresh
+90/10 train/val split per seed, best-validation checkpointing) at 160² (a 256² run takes far more
+than 3 h on one core here), then the best weights are scored on every test subset.
+
+    OMP_NUM_THREADS=1 nohup python bench/seg_protocol.py --resume > bench/results/seg_protocol/log.txt 2>&1 &
+    python bench/seg_protocol.py --table      # only rewrite the table from what is on disk
+    python bench/seg_protocol.py --list       # the job order and each run's state
+
+Runs are taken in this order: seed 0 of polyps order, polyps mk_unet, brisc order, brisc mk_unet,
+then seed 1 of those four, ... then the polyps controls seed by seed. ``--resume`` skips finished
+runs and continues a killed one from its last epoch checkpoint (exact resume), so the grid goes on
+piece by piece across sessions. Each run folder
+``bench/results/seg_protocol/<dataset>/<model>/seed<k>/`` keeps config.yaml, split.json,
+metrics.jsonl, run.json, eval.json/md and provenance.json (committed) plus checkpoints/ and
+model/ (gitignored; keep them on disk to resume and to ship weights). After every run the
+table ``bench/results/seg_protocol.{md,json}`` is rewritten, with unfinished runs as pending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# bench/ holds profile.py, which would shadow the standard library's ``profile`` module.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(ROOT / "src"))
+
+DATASETS = {"polyps": ROOT.parent / "shared" / "data" / "polyps", "brisc": ROOT.parent / "shared" / "data" / "brisc"}
+MAIN = [("polyps", "order"), ("polyps", "mk_unet"), ("brisc", "order"), ("brisc", "mk_unet")]
+CONTROLS = [("polyps", "order_se"), ("polyps", "order_cbam")]
+LABELS = {"order": "ORDER[0,1]", "mk_unet": "MK-UNet", "order_se": "SE-skip", "order_cbam": "CBAM-skip"}
+RECIPE = {"optimizer": "ademamix", "lr": 1e-4, "weight_decay": 1e-4, "scheduler": "cosine", "min_lr": 1e-6,
+          "loss": "BCE + Dice (1:1)", "augment": "h/v flips, rotation ±90°", "val_fraction": 0.1,
+          "monitor": "val_dice (best checkpoint)"}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Table 12 protocol grid, one run at a time, resumable")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=["order", "mk_unet", "order_se", "order_cbam"])
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--max-steps", type=int, help="smoke tests only: stop each run after this many steps")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "seg_protocol"))
+    parser.add_argument("--resume", action="store_true", help="skip finished runs, continue a killed one")
+    parser.add_argument("--max-runs", type=int, help="stop after this many runs trained in this process")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="only rewrite the table from the run folders")
+    parser.add_argument("--list", action="store_true", help="print the job order and each run's state")
+    parser.add_argument("--profile-repeats", type=int, default=30,
+                        help="batch-1 latency: minimum over this many interleaved calls per model")
+    return parser.parse_args()
+
+
+def jobs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(dataset, model, seed) in run order: the ORDER/MK-UNet pairs seed by seed, then the controls."""
+    keep = lambda pair: pair[0] in args.datasets and pair[1] in args.models  # noqa: E731
+    main = [(d, m, s) for s in args.seeds for d, m in MAIN if keep((d, m))]
+    controls = [(d, m, s) for s in args.seeds for d, m in CONTROLS if keep((d, m))]
+    return main + controls
+
+
+def run_dir(out: Path, dataset: str, model: str, seed: int) -> Path:
+    return out / dataset / model / f"seed{seed}"
+
+
+def state(folder: Path) -> str:
+    """``finished`` (trained and scored), ``trained`` (scoring missing), ``partial`` or ``pending``."""
+    from laworder.seg.protocol import run_finished
+
+    if run_finished(folder / "run.json"):
+        return "finished" if (folder / "eval.json").is_file() else "trained"
+    return "partial" if (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file() else "pending"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command_for(args: argparse.Namespace) -> str:
+    return ("OMP_NUM_THREADS=1 python bench/seg_protocol.py --resume "
+            f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr}")
+
+
+def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: int) -> None:
+    """Train one grid cell (continuing a killed run with --resume) and score its best weights."""
+    from laworder.seg.config import SegTrainConfig
+    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
+    from laworder.seg.loading import load_segmenter
+    from laworder.seg.train import train_segmenter
+    from laworder.training import LoopConfig
+
+    folder = run_dir(Path(args.out), dataset, model, seed)
+    loop = LoopConfig(output_dir=str(folder), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=RECIPE["weight_decay"], optimizer=RECIPE["optimizer"], scheduler=RECIPE["scheduler"],
+                      min_lr=RECIPE["min_lr"], seed=seed, max_steps=args.max_steps, monitor="val_dice", monitor_mode="max",
+                      resume=args.resume, overwrite=False, progress=False, log_every=20)
+    config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, image_size=args.image_size,
+                            split_seed=seed, loop=loop)
+    t0 = time.time()
+    if state(folder) not in ("finished", "trained"):
+        folder.mkdir(parents=True, exist_ok=True)
+        provenance = folder / "provenance.json"
+        history = json.loads(provenance.read_text())["sessions"] if provenance.is_file() else []
+        history.append({"commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "threads": args.threads})
+        provenance.write_text(json.dumps({"command": command_for(args), "recipe": RECIPE, "sessions": history}, indent=2))
+        train_segmenter(config)
+    network, saved = load_segmenter(folder, "best")
+    subsets = evaluation_subsets(saved.data, saved.layout)
+    result = evaluate_records(network, subsets, saved.image_size, saved.channels, saved.threshold)
+    write_eval(result, folder, f"{model} seed {seed} ({dataset})")
+    print(f"[seg_protocol] {dataset} {model} seed {seed}: mean Dice {100 * result.mean['dice']:.1f} "
+          f"({time.time() - t0:.0f} s this session)", flush=True)
+
+
+# --- the table ----------------------------------------------------------------------------------
+def profile(models: list[str], image_size: int, repeats: int, channels: int = 3) -> dict[str, dict]:
+    """Params, FLOPs (both conventions) and batch-1 CPU latency, the minimum over ``repeats``
+    interleaved calls (models alternate, so load on the shared machine hits them alike)."""
+    import torch
+
+    from laworder.models import create_model
+    from laworder.models.flops import conv_linear_flops, count_parameters, full_flops
+
+    torch.manual_seed(0)
+    shape = (1, channels, image_size, image_size)
+    nets = {m: create_model(m, in_channels=channels).eval() for m in models}
+    x = torch.rand(*shape)
+    times: dict[str, list[float]] = {m: [] for m in models}
+    with torch.no_grad():
+        for net in nets.values():  # warm-up
+            for _ in range(3):
+                net(x)
+        for _ in range(repeats):
+            for m, net in nets.items():
+                start = time.perf_counter()
+                net(x)
+                times[m].append(time.perf_counter() - start)
+    return {m: {"params": count_parameters(net), "gflops_conv_linear": conv_linear_flops(net, shape) / 1e9,
+                "gflops_full": full_flops(net, shape) / 1e9, "cpu_ms_min": 1000 * min(times[m]),
+                "threads": torch.get_num_threads(), "image_size": image_size, "repeats": repeats}
+            for m, net in nets.items()}
+
+
+def _pm(values: list[float]) -> str:
+    from laworder.metrics.overlap import mean_std
+
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    m, s = mean_std(values)
+    return f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def collect(args: argparse.Namespace) -> dict:
+    """Every grid cell's state and, for finished ones, its scores."""
+    out = Path(args.out)
+    cells = []
+    for dataset, model, seed in jobs(args):
+        folder = run_dir(out, dataset, model, seed)
+        cell = {"dataset": dataset, "model": model, "seed": seed, "state": state(folder),
+                "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)}
+        if (folder / "run.json").is_file():
+            run = json.loads((folder / "run.json").read_text())
+            cell.update(step=run.get("global_step"), total_steps=run.get("total_steps"),
+                        train_seconds=run.get("seconds"), best_val_dice=run.get("best_metric"))
+        if cell["state"] == "finished":
+            ev = json.loads((folder / "eval.json").read_text())
+            cell["subsets"] = {k: {"dice": v["dice"], "iou": v["iou"], "n": v["n"]} for k, v in ev["subsets"].items()}
+            cell["mean"] = ev["mean"]
+        cells.append(cell)
+    return {"cells": cells}
+
+
+def format_table(payload: dict) -> str:
+    cells, prof = payload["cells"], payload["profile"]
+    lines = []
+    for dataset in dict.fromkeys(c["dataset"] for c in cells):
+        mine = [c for c in cells if c["dataset"] == dataset]
+        subsets = sorted({s for c in mine if c["state"] == "finished" for s in c["subsets"]})
+        head = (["Model", "Seeds done"] + [f"{s} {m}" for s in subsets for m in ("Dice", "IoU")]
+                + ["Mean Dice", "Mean IoU", "Params", "GFLOPs (conv/linear)", "CPU ms/img"])
+        lines += [f"### {dataset} ({payload['protocol']['image_size']}²)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for model in dict.fromkeys(c["model"] for c in mine):
+            runs = [c for c in mine if c["model"] == model]
+            done = [c for c in runs if c["state"] == "finished"]
+            row = [LABELS.get(model, model), f"{len(done)}/{len(runs)}"]
+            row += [_pm([c["subsets"][s][m] for c in done if s in c["subsets"]]) for s in subsets for m in ("dice", "iou")]
+            row += [_pm([c["mean"]["dice"] for c in done]), _pm([c["mean"]["iou"] for c in done])]
+            p = prof.get(model, {})
+            row += [f"{p['params']:,}" if p else "–", f"{p['gflops_conv_linear']:.3f}" if p else "–",
+                    f"{p['cpu_ms_min']:.1f}" if p else "–"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        pairs = payload["paired"].get(dataset, [])
+        if pairs:
+            diffs = [p["diff_dice"] for p in pairs]
+            lines.append("Paired per-seed difference ORDER − MK-UNet, mean Dice (points): "
+                         + ", ".join(f"seed {p['seed']}: {100 * p['diff_dice']:+.1f}" for p in pairs)
+                         + f"; mean {_pm(diffs).replace(' ± ', ' ± ')}")
+        else:
+            lines.append("Paired per-seed difference ORDER − MK-UNet: pending (no seed has both runs finished)")
+        lines.append("")
+    state_rows = ["| Run | State | Step | Train time (h) |", "|---|---|---|---|"]
+    for c in cells:
+        step = f"{c.get('step', 0)}/{c.get('total_steps', '?')}" if "step" in c else "–"
+        hours = f"{c['train_seconds'] / 3600:.2f}" if c.get("train_seconds") else "–"
+        state_rows.append(f"| {c['dataset']} {c['model']} seed {c['seed']} | {c['state']} | {step} | {hours} |")
+    lines += ["### Runs", ""] + state_rows + [""]
+    return "\n".join(lines)
+
+
+def write_table(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    payload = collect(args)
+    payload["command"] = command_for(args)
+    payload["protocol"] = {"image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
+                           "seeds": args.seeds, **RECIPE, "lr": args.lr, "threads_per_run": args.threads,
+                           "paper_protocol": "256², 100 epochs, 5 seeds"}
+    profile_path = out / "profile.json"
+    models = list(dict.fromkeys(c["model"] for c in payload["cells"]))
+    cached = json.loads(profile_path.read_text()) if profile_path.is_file() else {}
+    if any(m not in cached or cached[m].get("image_size") != args.image_size for m in models):
+        cached.update(profile(models, args.image_size, args.profile_repeats))
+        out.mkdir(parents=True, exist_ok=True)
+        profile_path.write_text(json.dumps(cached, indent=2))
+    payload["profile"] = {m: cached[m] for m in models}
+    payload["paired"] = {}
+    for dataset in args.datasets:
+        by_seed = {(c["model"], c["seed"]): c for c in payload["cells"] if c["dataset"] == dataset and c["state"] == "finished"}
+        payload["paired"][dataset] = [
+            {"seed": s, "order": by_seed[("order", s)]["mean"]["dice"], "mk_unet": by_seed[("mk_unet", s)]["mean"]["dice"],
+             "diff_dice": by_seed[("order", s)]["mean"]["dice"] - by_seed[("mk_unet", s)]["mean"]["dice"],
+             "diff_iou": by_seed[("order", s)]["mean"]["iou"] - by_seed[("mk_unet", s)]["mean"]["iou"]}
+            for s in args.seeds if ("order", s) in by_seed and ("mk_unet", s) in by_seed]
+    table = format_table(payload)
+    header = (f"# Segmentation protocol at {args.image_size}² (Table 12 recipe, CPU, one thread per run)\n\n"
+              f"Command: `{payload['command']}` (then `python bench/seg_protocol.py --table`)\n\n"
+              f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
+              "BCE + Dice, h/v flips and ±90° rotations, a fresh 90/10 train/val split per seed, best validation "
+              f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
+              f"Latency: batch 1, {args.image_size}², minimum of {args.profile_repeats} interleaved calls, "
+              f"{payload['profile'][models[0]]['threads'] if models else 1} thread(s), on a shared 2-core machine.\n\n")
+    (out.parent / "seg_protocol.md").write_text(header + table)
+    (out.parent / "seg_protocol.json").write_text(json.dumps(payload, indent=2))
+    return payload
+
+
+def main() -> None:
+    args = parse()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    # Every module the runs need is imported now, so a checkout changing under a long background
+    # process (rebases between runs) cannot mix two code versions inside it.
+    import laworder.seg.evaluate, laworder.seg.loading, laworder.seg.protocol, laworder.seg.train  # noqa: E401,F401
+    import laworder.models.flops  # noqa: F401
+
+    out = Path(args.out)
+    if args.list:
+        for dataset, model, seed in jobs(args):
+            print(f"{dataset:7s} {model:11s} seed {seed}: {state(run_dir(out, dataset, model, seed))}")
+        return
+    if not args.table:
+        trained = 0
+        for dataset, model, seed in jobs(args):
+            if args.max_runs is not None and trained >= args.max_runs:
+                break
+            if args.resume and state(run_dir(out, dataset, model, seed)) == "finished":
+                continue
+            print(f"[seg_protocol] {time.strftime('%H:%M:%S')} start {dataset} {model} seed {seed}", flush=True)
+            train_and_score(args, dataset, model, seed)
+            trained += 1
+            write_table(args)
+    payload = write_table(args)
+    print((out.parent / "seg_protocol.md").read_text())
+    done = sum(c["state"] == "finished" for c in payload["cells"])
+    print(f"[seg_protocol] {done}/{len(payload['cells'])} runs finished", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
