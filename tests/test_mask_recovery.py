@@ -15,7 +15,14 @@ from laworder.data.io import read_mask
 from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural
 from laworder.errors import ConfigError, DataError
-from laworder.experiments.mask_recovery import filter_pool, mask_recovery, read_manifest, sample_stems, subset_pool
+from laworder.experiments.mask_recovery import (
+    filter_pool,
+    mask_recovery,
+    read_manifest,
+    recovery_per_image,
+    sample_stems,
+    subset_pool,
+)
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.train import train_segmenter
 from laworder.training import LoopConfig
@@ -59,6 +66,17 @@ def test_mask_recovery_scores_each_generated_image_against_its_conditioning_mask
     assert scores["dice"]["mean"] == pytest.approx(4 / 6)
     assert scores["dice"]["std"] == pytest.approx(np.std([1, 0, 1, 1, 0, 1], ddof=1))
     assert scores["iou"]["mean"] == pytest.approx(4 / 6)
+
+
+def test_recovery_per_image_adds_boundary_f_size_bins_and_the_chance_level(tmp_path):
+    pool = _painted_pool(tmp_path / "pool")
+    rows = recovery_per_image(MaskOracle(), pool, image_size=32)
+    assert [row["stem"] for row in rows] == [f"s{i}" for i in range(6)]
+    assert [row["dice"] for row in rows] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert [row["boundary_f"] for row in rows] == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # moved 16 px: beyond 2 px
+    assert all(row["lesion_ratio"] == pytest.approx(64 / 1024) and row["size_bin"] == "medium" for row in rows)
+    # s0's prediction against s1's mask (shifted down one row): 7 of 8 rows overlap
+    assert rows[0]["chance_dice"] == pytest.approx(2 * 56 / 128)
 
 
 def test_a_pool_without_manifest_is_refused_with_where_pools_come_from(tmp_path):

@@ -193,3 +193,43 @@ def sample_stems(pool_dir: str | os.PathLike, count: int, seed: int = 0) -> list
         raise DataError(f"cannot draw {count} pairs from {pool_dir}: the pool holds {len(stems)}")
     order = np.random.default_rng(seed).permutation(len(stems))
     return [stems[i] for i in order[:count]]
+
+
+@torch.no_grad()
+def recovery_per_image(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,
+                       tolerance: int = 2, batch_size: int = 16, device: str | torch.device = "cpu") -> list[dict]:
+    """Per pair of a pool: recovery Dice/IoU, boundary F-score (``tolerance`` px), the conditioning
+    mask's lesion ratio and size bin, and the chance Dice (the same prediction against the next
+    pair's mask in stem order: what a segmenter gets when the image ignores its mask).
+
+    Returns:
+        ``[{"stem", "dice", "iou", "boundary_f", "lesion_ratio", "size_bin", "chance_dice"}]`` in stem order.
+
+    Raises:
+        DataError: as :func:`mask_recovery`; a pool of one pair has no chance level.
+    """
+    from laworder.data.dataset import PairDataset
+    from laworder.metrics.boundary import boundary_f_score, size_bin
+    from laworder.metrics.overlap import dice_iou_per_image
+
+    read_manifest(pool_dir)
+    records = sorted(load_dataset(pool_dir, "pairs").train, key=lambda r: r.stem)
+    if len(records) < 2:
+        raise DataError(f"{pool_dir}: the chance level needs at least 2 pairs, got {len(records)}")
+    model, size, channels, cut, _ = _segmenter(segmenter, image_size, None)
+    model = model.to(device)
+    dataset = PairDataset(records, size, channels)
+    predictions, masks = [], []
+    for start in range(0, len(records), batch_size):
+        batch = [dataset[i] for i in range(start, min(start + batch_size, len(records)))]
+        images = torch.stack([item["image"] for item in batch]).to(device)
+        predictions.append((torch.sigmoid(model(images)) >= cut).cpu())
+        masks.append(torch.stack([item["mask"] for item in batch]) > 0.5)
+    pred, mask = torch.cat(predictions), torch.cat(masks)
+    dice, iou = dice_iou_per_image(pred, mask)
+    chance, _ = dice_iou_per_image(pred, torch.roll(mask, shifts=-1, dims=0))
+    boundary = boundary_f_score(pred.float(), mask.float(), tolerance)
+    ratios = mask.float().mean(dim=(1, 2, 3))
+    return [{"stem": r.stem, "dice": float(d), "iou": float(i), "boundary_f": float(b), "lesion_ratio": float(q),
+             "size_bin": size_bin(float(q)), "chance_dice": float(c)}
+            for r, d, i, b, q, c in zip(records, dice, iou, boundary, ratios, chance)]

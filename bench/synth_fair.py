@@ -1,0 +1,462 @@
+"""LAW put to a fair test (issue 10, item 4): one VAE and one base model shared by every arm,
+ControlNets fine-tuned from the frozen base with each objective, pools from every held-out test
+mask, a strong judge, seeds, and a decision rule written down before any run.
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/synth_fair.py run > bench/results/synth_fair/run.log 2>&1 &
+    .venv/bin/python bench/synth_fair.py status          # which pieces are done, what comes next
+    .venv/bin/python bench/synth_fair.py analyse         # tables, CIs and the decision from what is done
+    .venv/bin/python bench/synth_fair.py run --tiny --out /tmp/fair   # the whole protocol on procedural data
+
+Every piece (a VAE, the judge, a ControlNet seed, a pool, a pool's scores) is one command or
+one function; it writes ``pieces/<name>.json`` (small, committed) when it finishes, and ``run``
+skips finished pieces, so a killed run resumes piece by piece (training runs resume from their
+last checkpoint). Weights, pools and checkpoints stay out of git. The plan (``PLAN``, written to
+``plan.json`` on the first run) fixes steps, seeds and the decision rule before any result;
+``run`` refuses to continue under a changed plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/profile.py shadows stdlib
+sys.path.insert(0, str(ROOT / "src"))
+
+DECISION_RULE = (
+    "Primary metric: mask-recovery Dice by the judge, pools at CFG 10 (the paper's), mask guidance 1, "
+    "averaged over the 2 sample seeds per mask. For each comparison (LAW - uniform, LAW - ratio-L2 "
+    "[like-for-like L2], LAW - ratio-L1 [ArSDM as published]) a 95 % hierarchical-bootstrap CI "
+    "(training seeds resampled per arm, the 179 test masks resampled jointly) of the mean difference: "
+    "LAW WINS if the CI lies above 0; LAW LOSES if it lies below 0; the paper's gain is REFUTED at this "
+    "scale if the CI's upper end is below +0.03 Dice; otherwise INCONCLUSIVE. Fixed before any run; "
+    "CFG 1, IoU, boundary F, size bins, headroom, LAW - LAW(use_delta=false) and the mask-guidance sweep "
+    "are secondary and do not enter the decision."
+)
+
+ARMS: dict[str, dict[str, Any]] = {
+    "uniform": {"objective": "uniform"},
+    "ratio_l1": {"objective": "ratio", "objective_kwargs": {"norm": "l1"}},
+    "ratio_l2": {"objective": "ratio", "objective_kwargs": {"norm": "l2"}},
+    "law": {"objective": "law"},
+    "law_no_delta": {"objective": "law", "objective_kwargs": {"use_delta": False}},
+    "adaptive_distillation": {"objective": "adaptive_distillation"},
+}
+
+PLAN: dict[str, Any] = {
+    "version": 1,
+    "data": "../shared/data/polyps",  # relative to the repository root
+    "test_subsets": ["Kvasir", "CVC-ClinicDB"],  # every held-out test mask: 100 + 79
+    "resolution": 128,  # the judge sees 128² images; diffusion runs on 32² latents
+    "vae": {"max_steps": 3000, "batch_size": 8, "lr": 2e-4, "set": []},
+    # nnunet2d at its full width (20.6M params) costs 14 s per batch-16 step at 128² on one
+    # thread here (order: 2 s): the half-width plan (16..256 filters) is what this machine can train
+    "judge": {"candidates": {"order": {"model": "order", "set": []},
+                             "nnunet2d_16": {"model": "nnunet2d", "set": ["model_kwargs.base_filters=16",
+                                                                          "model_kwargs.max_filters=256"]}},
+              "epochs": 30, "batch_size": 16, "lr": 1e-3, "set": ["loop.monitor=val_dice", "loop.monitor_mode=max"]},
+    "vae_check": {"min_dice_fraction": 0.9},
+    "base": {"max_steps": 6000, "batch_size": 16, "lr": 2e-4, "set": ["loop.ema_decay=0.999"]},
+    "arms": ARMS,
+    "controlnet": {"seeds": [0, 1, 2], "max_steps": 1500, "batch_size": 16, "lr": 1e-4,
+                   "set": ["loop.ema_decay=0.999", "probe_every=100", "probe_count=16"]},
+    "sampling": {"steps": 50, "sample_seeds": [0, 1], "cfg": [1.0, 10.0],
+                 "mask_guidance_sweep": {"training_seed": 0, "sample_seed": 0, "cfg": 10.0, "scales": [0.0, 2.0, 4.0]}},
+    "metrics": {"boundary_tolerance_px": 2, "size_bins": "r < 0.05, 0.05-0.15, > 0.15"},
+    "stats": {"replicates": 10000, "level": 0.95, "margin": 0.03, "primary_cfg": 10.0,
+              "comparisons": [["law", "uniform"], ["law", "ratio_l2"], ["law", "ratio_l1"], ["law", "law_no_delta"],
+                              ["law", "adaptive_distillation"]],
+              "decisive": [["law", "uniform"], ["law", "ratio_l2"], ["law", "ratio_l1"]]},
+    "decision_rule": DECISION_RULE,
+}
+
+
+def tiny_plan() -> dict[str, Any]:
+    """The same protocol on the built-in procedural data at toy sizes (seconds per piece)."""
+    plan = deepcopy(PLAN)
+    plan.update(data="procedural:24:32:0:6", test_subsets=["procedural"], resolution=32)
+    plan["vae"].update(max_steps=2, batch_size=4, set=["block_out_channels=[8,16,16]", "norm_num_groups=8",
+                                                      "val_images=4", "scale_images=8"])
+    plan["judge"].update(candidates={"order": {"model": "order", "set": []}}, epochs=1, batch_size=8)
+    plan["base"].update(max_steps=2, batch_size=4, set=["backbone_kwargs.preset=tiny"])
+    plan["controlnet"].update(seeds=[0, 1], max_steps=2, batch_size=4, set=["probe_every=1", "probe_count=3"])
+    plan["sampling"].update(steps=2, sample_seeds=[0])
+    plan["sampling"]["mask_guidance_sweep"]["scales"] = [2.0]
+    plan["stats"]["replicates"] = 200
+    return plan
+
+
+# --- pieces -----------------------------------------------------------------------------------
+class Bench:
+    """The plan's pieces in order, with their done markers under ``out/pieces``."""
+
+    def __init__(self, plan: dict[str, Any], out: Path, dry: bool = False) -> None:
+        self.plan, self.out, self.dry = plan, out, dry
+        self.pieces_dir = out / "pieces"
+        data = plan["data"]
+        self.data = data if data.startswith("procedural") else str((ROOT / data).resolve())
+
+    # bookkeeping -------------------------------------------------------------------------
+    def done(self, name: str) -> dict | None:
+        path = self.pieces_dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finish(self, name: str, record: dict) -> dict:
+        self.pieces_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.pieces_dir / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.pieces_dir / f"{name}.json")
+        return record
+
+    def laworder(self, *args: str) -> tuple[str, float]:
+        """Run ``laworder ARGS`` in this process (one process, one thread: the 2-core machine is
+        shared) and return (the command line, seconds)."""
+        from laworder.cli import main as laworder_main
+
+        shown = "laworder " + " ".join(args)
+        print(f"[synth_fair] $ {shown}", flush=True)
+        started = time.time()
+        code = laworder_main(list(args))
+        if code != 0:
+            raise SystemExit(f"[synth_fair] failed ({code}): {shown}")
+        return shown, time.time() - started
+
+    def run_path(self, *parts: str) -> Path:
+        return self.out / "runs" / Path(*parts)
+
+    def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
+        """Every piece in the order ``run`` does them (seed 0 of every arm before seed 1)."""
+        plan = self.plan
+        items: list[tuple[str, Callable[[], dict]]] = [("vae", self.vae)]
+        items += [(f"judge_{name}", lambda name=name: self.judge(name)) for name in plan["judge"]["candidates"]]
+        items += [("judge", self.choose_judge), ("vae_check", self.vae_check), ("base", self.base)]
+        seeds = plan["controlnet"]["seeds"]
+        sampling = plan["sampling"]
+        sweep = sampling["mask_guidance_sweep"]
+        for seed in seeds:
+            for arm in plan["arms"]:
+                items.append((f"arm_{arm}_seed{seed}", lambda arm=arm, seed=seed: self.arm(arm, seed)))
+                for sample_seed in sampling["sample_seeds"]:
+                    for cfg in sampling["cfg"]:
+                        name = pool_name(arm, seed, sample_seed, cfg, 1.0)
+                        items.append((name, lambda a=arm, s=seed, ss=sample_seed, g=cfg: self.pool(a, s, ss, g, 1.0)))
+                if seed == sweep["training_seed"]:
+                    for scale in sweep["scales"]:
+                        name = pool_name(arm, seed, sweep["sample_seed"], sweep["cfg"], scale)
+                        items.append((name, lambda a=arm, s=seed, m=scale: self.pool(a, s, sweep["sample_seed"], sweep["cfg"], m)))
+        return items
+
+    # the pieces ----------------------------------------------------------------------------
+    def vae(self) -> dict:
+        spec, run = self.plan["vae"], self.run_path("vae")
+        command, seconds = self.laworder(
+            "synth", "pretrain-vae", "--data", self.data, "--resolution", str(self.plan["resolution"]),
+            "--max-steps", str(spec["max_steps"]), "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]),
+            *sets(spec["set"]), "-o", str(run), "--resume", "--no-progress")
+        evaluation = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+        return {"command": command, "seconds": seconds, "run": rel(run), "eval": evaluation}
+
+    def judge(self, name: str) -> dict:
+        spec, run = self.plan["judge"], self.run_path(f"judge_{name}")
+        candidate = spec["candidates"][name]
+        command, seconds = self.laworder(
+            "seg", "train", "--data", self.data, "--model", candidate["model"],
+            "--image-size", str(self.plan["resolution"]), "--epochs", str(spec["epochs"]),
+            "--batch-size", str(spec["batch_size"]), *sets([f"loop.lr={spec['lr']}", *spec["set"], *candidate["set"]]),
+            "-o", str(run), "--resume", "--no-progress")
+        return {"command": command, "seconds": seconds, "run": rel(run), "model": name,
+                "real_test": real_test_dice(run, self.data, self.plan["test_subsets"])}
+
+    def choose_judge(self) -> dict:
+        """The candidate with the best validation Dice; its real-test Dice is the ceiling."""
+        candidates = {m: self.done(f"judge_{m}") for m in self.plan["judge"]["candidates"]}
+        scored = {m: best_val_dice(ROOT / c["run"]) for m, c in candidates.items()}
+        model = max(scored, key=lambda m: scored[m])
+        chosen = candidates[model]
+        return {"model": model, "run": chosen["run"], "val_dice": scored, "ceiling": chosen["real_test"],
+                "rule": "highest best-validation Dice among the candidates, trained on the real training images"}
+
+    def vae_check(self) -> dict:
+        judge, run = self.done("judge"), self.run_path("vae")
+        out = self.pieces_dir / "vae_dice.raw.json"
+        command, seconds = self.laworder("synth", "vae-dice", str(run), str(ROOT / judge["run"]), "--data", self.data,
+                                         "--subset", *self.plan["test_subsets"], "--out", str(out))
+        result = json.loads(out.read_text())
+        out.unlink()
+        return {"command": command, "seconds": seconds, "result": result,
+                "target": f">= {self.plan['vae_check']['min_dice_fraction']} x the Dice on the original images"}
+
+    def base(self) -> dict:
+        spec, run = self.plan["base"], self.run_path("base")
+        command, seconds = self.laworder(
+            "synth", "pretrain", "--data", self.data, "--vae", str(self.run_path("vae")),
+            "--resolution", str(self.plan["resolution"]), "--max-steps", str(spec["max_steps"]),
+            "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]), *sets(spec["set"]),
+            "-o", str(run), "--resume", "--no-progress")
+        return {"command": command, "seconds": seconds, "run": rel(run), "final": last_logs(run)}
+
+    def arm(self, arm: str, seed: int) -> dict:
+        spec, recipe, run = self.plan["controlnet"], self.plan["arms"][arm], self.run_path("arms", arm, f"seed{seed}")
+        overrides = list(spec["set"])
+        for key, value in recipe.get("objective_kwargs", {}).items():
+            overrides.append(f"objective_kwargs.{key}={json.dumps(value)}")
+        command, seconds = self.laworder(
+            "synth", "train", "--base", str(self.run_path("base")), "--data", self.data,
+            "--objective", recipe["objective"], "--seed", str(seed), "--max-steps", str(spec["max_steps"]),
+            "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]), *sets(overrides),
+            "-o", str(run), "--resume", "--no-progress")
+        return {"command": command, "seconds": seconds, "run": rel(run), "arm": arm, "seed": seed,
+                "final": last_logs(run), "probe": probe_records(run)}
+
+    def pool(self, arm: str, seed: int, sample_seed: int, cfg: float, mask_guidance: float) -> dict:
+        """Sample one pool from every held-out test mask and score it with the judge."""
+        sampling = self.plan["sampling"]
+        name = pool_name(arm, seed, sample_seed, cfg, mask_guidance)
+        folder = self.out / "pools" / name
+        run = self.run_path("arms", arm, f"seed{seed}")
+        commands, seconds = [], 0.0
+        for subset in self.plan["test_subsets"]:
+            command, took = self.laworder(
+                "synth", "sample", str(run), self.data, str(folder / subset), "--split", subset,
+                "--steps", str(sampling["steps"]), "--guidance", str(cfg), "--mask-guidance", str(mask_guidance),
+                "--seed", str(sample_seed), "--batch-size", "16", "--overwrite", "--no-progress")
+            commands.append(command)
+            seconds += took
+        from laworder.experiments.mask_recovery import recovery_per_image
+
+        judge = self.done("judge")
+        tolerance = self.plan["metrics"]["boundary_tolerance_px"]
+        rows = {subset: recovery_per_image(ROOT / judge["run"], folder / subset, tolerance=tolerance)
+                for subset in self.plan["test_subsets"]}
+        return {"commands": commands, "sample_seconds": seconds, "arm": arm, "seed": seed, "sample_seed": sample_seed,
+                "cfg": cfg, "mask_guidance": mask_guidance, "judge": judge["run"], "per_image": rows}
+
+
+def pool_name(arm: str, seed: int, sample_seed: int, cfg: float, mask_guidance: float) -> str:
+    return f"pool_{arm}_seed{seed}_s{sample_seed}_cfg{cfg:g}_mg{mask_guidance:g}"
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [item for override in overrides for item in ("--set", override)]
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def last_logs(run: Path) -> dict:
+    path = run / "metrics.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    losses = [line for line in lines if "loss" in line]
+    return losses[-1] if losses else {}
+
+
+def probe_records(run: Path) -> list[dict]:
+    from laworder.synth.probe import read_probe
+
+    return [{k: v for k, v in r.items() if k == "step" or k.startswith("probe_")} for r in read_probe(run)]
+
+
+def best_val_dice(run: Path) -> float:
+    path = run / "metrics.jsonl"
+    values = [json.loads(line).get("val_dice") for line in path.read_text().splitlines() if line.strip()]
+    values = [v for v in values if v is not None]
+    return max(values) if values else float("nan")
+
+
+def real_test_dice(run: Path, data: str, subsets: list[str]) -> dict:
+    """The judge on the real test images: Dice/IoU per subset and pooled over every image."""
+    from laworder.seg.evaluate import evaluate_records, evaluation_subsets
+    from laworder.seg.loading import load_segmenter
+
+    model, config = load_segmenter(run, "best")
+    result = evaluate_records(model, evaluation_subsets(data, subsets=subsets), config.image_size, config.channels,
+                              config.threshold)
+    rows = [r for subset in result.per_image.values() for r in subset]
+    return {"subsets": result.subsets, "mean_over_subsets": result.mean,
+            "pooled_dice": sum(r["dice"] for r in rows) / len(rows), "images": len(rows)}
+
+
+def plan_hash(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fix_plan(plan: dict, out: Path, replan: bool) -> None:
+    """Write ``plan.json`` once; refuse to run a different plan on top of it (pre-registration)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "plan.json"
+    record = {"plan": plan, "sha256_16": plan_hash(plan), "decision_rule": plan["decision_rule"]}
+    if path.is_file() and not replan:
+        fixed = json.loads(path.read_text())
+        if fixed.get("sha256_16") != record["sha256_16"]:
+            raise SystemExit(f"{path} holds another plan ({fixed.get('sha256_16')} != {record['sha256_16']}); "
+                             "the decision rule and sizes are fixed before the runs. Use --replan only with a "
+                             "note in the README saying why")
+        return
+    record["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+# --- analysis ---------------------------------------------------------------------------------
+def score_table(bench: Bench) -> dict[str, Any]:
+    """Arm × seed tables, CIs and the decision from every finished pool (secondary rows included)."""
+    import numpy as np
+
+    from laworder.metrics.bootstrap import decide, headroom, hierarchical_bootstrap_difference
+
+    plan, stats = bench.plan, bench.plan["stats"]
+    judge = bench.done("judge")
+    ceiling = judge["ceiling"]["pooled_dice"] if judge else None
+    pools = [p for p in (bench.done(name) for name, _ in bench.pieces() if name.startswith("pool_")) if p]
+    # (arm, cfg, mask_guidance) -> training seed -> stem -> [rows over sample seeds]
+    grouped: dict[tuple, dict[int, dict[str, list[dict]]]] = {}
+    for pool in pools:
+        key = (pool["arm"], pool["cfg"], pool["mask_guidance"])
+        per_seed = grouped.setdefault(key, {}).setdefault(pool["seed"], {})
+        for subset, rows in pool["per_image"].items():
+            for row in rows:
+                per_seed.setdefault(f"{subset}/{row['stem']}", []).append(row)
+    table, arrays = [], {}
+    for (arm, cfg, guidance), seeds in sorted(grouped.items()):
+        stems = sorted(set.intersection(*(set(s) for s in seeds.values())))
+        def matrix(field: str) -> "np.ndarray":
+            return np.array([[np.mean([r[field] for r in seeds[seed][stem]]) for stem in stems] for seed in sorted(seeds)])
+        dice, chance = matrix("dice"), matrix("chance_dice")
+        arrays[(arm, cfg, guidance)] = (stems, dice)
+        row = {"arm": arm, "cfg": cfg, "mask_guidance": guidance, "training_seeds": sorted(seeds), "masks": len(stems),
+               "dice": float(dice.mean()), "dice_per_seed": [float(v) for v in dice.mean(axis=1)],
+               "iou": float(matrix("iou").mean()), "boundary_f": float(matrix("boundary_f").mean()),
+               "chance_dice": float(chance.mean())}
+        if ceiling is not None and ceiling > row["chance_dice"]:
+            row["headroom"] = headroom(row["dice"], row["chance_dice"], ceiling)
+        bins: dict[str, list[float]] = {}
+        first = seeds[sorted(seeds)[0]]
+        for index, stem in enumerate(stems):
+            bins.setdefault(first[stem][0]["size_bin"], []).append(float(dice[:, index].mean()))
+        row["dice_by_size"] = {name: {"dice": float(np.mean(v)), "masks": len(v)} for name, v in sorted(bins.items())}
+        table.append(row)
+    comparisons = []
+    for arm, other in stats["comparisons"]:
+        for cfg in plan["sampling"]["cfg"]:
+            a, b = arrays.get((arm, cfg, 1.0)), arrays.get((other, cfg, 1.0))
+            if not a or not b:
+                continue
+            common = sorted(set(a[0]) & set(b[0]))
+            ia, ib = [a[0].index(s) for s in common], [b[0].index(s) for s in common]
+            ci = hierarchical_bootstrap_difference(a[1][:, ia], b[1][:, ib], stats["replicates"], stats["level"])
+            decisive = [arm, other] in stats["decisive"] and cfg == stats["primary_cfg"]
+            comparisons.append({"arm": arm, "comparator": other, "cfg": cfg, "ci": ci.as_dict(),
+                                "decision": decide(ci, stats["margin"]) if decisive else None,
+                                "seeds_note": None if min(ci.seeds) >= 3 else
+                                f"only {min(ci.seeds)} training seed(s) per arm: the CI describes mask/sampling noise, not training noise"})
+    return {"ceiling": judge["ceiling"] if judge else None, "judge": judge, "table": table, "comparisons": comparisons}
+
+
+def analyse(bench: Bench, command: str) -> dict:
+    """Write results.json, results.md, probe.png and (LAW seed 0) law_analysis.{json,png}."""
+    from laworder.experiments.figures import plot_probe
+
+    results = score_table(bench)
+    results["command"] = command
+    results["decision_rule"] = bench.plan["decision_rule"]
+    results["pieces_done"] = sorted(p.stem for p in bench.pieces_dir.glob("*.json"))
+    runs = {f"{arm} seed{seed}": bench.run_path("arms", arm, f"seed{seed}")
+            for arm in bench.plan["arms"] for seed in bench.plan["controlnet"]["seeds"][:1]}
+    probe = plot_probe({k: v for k, v in runs.items() if v.is_dir()}, bench.out / "probe.png")
+    results["probe_figure"] = probe.name if probe else None
+    law_run = bench.run_path("arms", "law", "seed0")
+    if (law_run / "model" / "last").is_dir():
+        from laworder.experiments.law_analysis import write_law_analysis
+
+        law = write_law_analysis(law_run, bench.out, data=bench.data)
+        results["law_analysis"] = {k: law[k] for k in ("delta", "delta_other_image", "delta_zero_eps")}
+        results["law_analysis"]["contrast"] = {"final": law["contrast"]["final"], "references": law["contrast"]["references"]}
+    (bench.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (bench.out / "results.md").write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Made by: `{results['command']}`", "", f"Decision rule (fixed before the runs): {results['decision_rule']}", ""]
+    ceiling = results.get("ceiling")
+    if ceiling:
+        lines += [f"Judge: {results['judge']['model']} ({results['judge']['run']}); real-test Dice (the ceiling) "
+                  f"{ceiling['pooled_dice']:.3f} over {ceiling['images']} images", ""]
+    lines += ["| Arm | CFG | mask guidance | seeds | masks | Dice | Dice per seed | IoU | boundary F (2 px) | chance | headroom | Dice small / medium / large |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results["table"]:
+        bins = " / ".join(f"{row['dice_by_size'][b]['dice']:.3f} ({row['dice_by_size'][b]['masks']})" if b in row["dice_by_size"] else "-"
+                          for b in ("small", "medium", "large"))
+        lines.append(f"| {row['arm']} | {row['cfg']:g} | {row['mask_guidance']:g} | {len(row['training_seeds'])} | {row['masks']} "
+                     f"| {row['dice']:.3f} | {', '.join(f'{v:.3f}' for v in row['dice_per_seed'])} | {row['iou']:.3f} "
+                     f"| {row['boundary_f']:.3f} | {row['chance_dice']:.3f} | {row.get('headroom', float('nan')):.2f} | {bins} |")
+    lines += ["", "| Comparison | CFG | Δ Dice | 95 % CI | seeds | decision |", "|---|---|---|---|---|---|"]
+    for c in results["comparisons"]:
+        ci = c["ci"]
+        verdict = c["decision"]["verdict"] if c["decision"] else "secondary"
+        lines.append(f"| {c['arm']} − {c['comparator']} | {c['cfg']:g} | {ci['difference']:+.3f} | [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+                     f"| {ci['seeds'][0]} vs {ci['seeds'][1]} | {verdict}{' (' + c['seeds_note'] + ')' if c['seeds_note'] else ''} |")
+    if results.get("law_analysis"):
+        law = results["law_analysis"]
+        lines += ["", f"What LAW learned (seed 0): mean δ lesion / boundary / background = "
+                  + " / ".join(f"{law['delta']['true'][r]:.3f}" if law['delta']['true'][r] is not None else "-"
+                               for r in ("lesion", "boundary", "background"))
+                  + f"; |δ(own ε̂) − δ(another image's ε̂, same mask)| = {law['delta_other_image']['mean_abs_difference']:.4f}; "
+                  f"final lesion:background weight {law['contrast']['final']} vs ratio {law['contrast']['references']['ratio_pooled']:.1f} "
+                  f"and LAW-with-δ=m {law['contrast']['references']['law_delta_equals_mask_pooled']:.1f} (law_analysis.png)"]
+    lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["run", "status", "analyse", "plan"])
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "synth_fair"))
+    parser.add_argument("--tiny", action="store_true", help="procedural data, toy sizes (a smoke test of the protocol)")
+    parser.add_argument("--until", help="stop after this piece (e.g. base, arm_law_seed0)")
+    parser.add_argument("--replan", action="store_true", help="overwrite plan.json (say why in the README)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    plan = tiny_plan() if args.tiny else PLAN
+    out = Path(args.out)
+    bench = Bench(plan, out)
+    command = "python bench/synth_fair.py " + " ".join(sys.argv[1:])
+    fix_plan(plan, out, args.replan)
+    if args.action == "plan":
+        print(json.dumps(plan, indent=2))
+        return 0
+    if args.action == "status":
+        for name, _ in bench.pieces():
+            print(f"{'done ' if bench.done(name) else 'todo '} {name}")
+        return 0
+    if args.action == "run":
+        for name, piece in bench.pieces():
+            if bench.done(name) is None:
+                print(f"[synth_fair] piece {name}", flush=True)
+                started = time.time()
+                record = piece()
+                record.setdefault("piece_seconds", time.time() - started)
+                bench.finish(name, record)
+            if name == args.until:
+                break
+    analyse(bench, command)
+    print(f"[synth_fair] results: {out / 'results.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""bench/synth_fair.py: the plan is fixed before the runs, and the analysis turns finished pool
+pieces into arm tables, hierarchical-bootstrap CIs and the written decision (synthetic scores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "synth_fair.py"
+
+
+@pytest.fixture(scope="module")
+def fair():
+    spec = importlib.util.spec_from_file_location("synth_fair", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
+    spec.loader.exec_module(module)
+    sys.path[:] = path  # the script puts src/ first; leave the test session's path alone
+    return module
+
+
+def test_the_full_plan_follows_the_issue(fair):
+    plan = fair.PLAN
+    assert set(plan["arms"]) == {"uniform", "ratio_l1", "ratio_l2", "law", "law_no_delta", "adaptive_distillation"}
+    assert len(plan["controlnet"]["seeds"]) >= 3 and plan["sampling"]["steps"] == 50
+    assert plan["sampling"]["cfg"] == [1.0, 10.0] and len(plan["sampling"]["sample_seeds"]) == 2
+    assert plan["test_subsets"] == ["Kvasir", "CVC-ClinicDB"] and plan["stats"]["margin"] == 0.03
+    names = [name for name, _ in fair.Bench(plan, Path("unused")).pieces()]
+    assert names[:6] == ["vae", "judge_order", "judge_nnunet2d_16", "judge", "vae_check", "base"]
+    assert names.index("arm_adaptive_distillation_seed0") < names.index("arm_uniform_seed1")  # seed 0 of every arm first
+    pools = [n for n in names if n.startswith("pool_")]
+    assert len(pools) == 6 * 3 * 2 * 2 + 6 * 3  # arms × seeds × sample seeds × CFG + the mask-guidance sweep
+
+
+def test_a_changed_plan_is_refused(fair, tmp_path):
+    plan = fair.tiny_plan()
+    fair.fix_plan(plan, tmp_path, replan=False)
+    fair.fix_plan(plan, tmp_path, replan=False)  # the same plan: fine
+    changed = dict(plan, resolution=64)
+    with pytest.raises(SystemExit, match="another plan"):
+        fair.fix_plan(changed, tmp_path, replan=False)
+    fair.fix_plan(changed, tmp_path, replan=True)
+    assert json.loads((tmp_path / "plan.json").read_text())["plan"]["resolution"] == 64
+
+
+def fake_pool(arm: str, seed: int, cfg: float, shift: float, rng) -> dict:
+    rows = []
+    for index in range(40):
+        ratio = [0.02, 0.1, 0.3][index % 3]
+        dice = float(np.clip(0.4 + 0.2 * (index % 5) / 5 + shift + rng.normal(0, 0.02), 0, 1))
+        rows.append({"stem": f"m{index}", "dice": dice, "iou": dice / (2 - dice), "boundary_f": dice * 0.8,
+                     "lesion_ratio": ratio, "size_bin": {0.02: "small", 0.1: "medium", 0.3: "large"}[ratio],
+                     "chance_dice": 0.1})
+    return {"arm": arm, "seed": seed, "sample_seed": 0, "cfg": cfg, "mask_guidance": 1.0, "per_image": {"procedural": rows}}
+
+
+def test_the_analysis_reports_cis_and_applies_the_decision_rule(fair, tmp_path):
+    plan = fair.tiny_plan()
+    plan["arms"] = {k: fair.ARMS[k] for k in ("uniform", "ratio_l2", "law")}
+    plan["stats"]["comparisons"] = [["law", "uniform"], ["law", "ratio_l2"]]
+    plan["stats"]["decisive"] = [["law", "uniform"], ["law", "ratio_l2"]]
+    bench = fair.Bench(plan, tmp_path)
+    rng = np.random.default_rng(0)
+    bench.finish("judge", {"model": "order", "run": "x", "ceiling": {"pooled_dice": 0.8, "images": 40}})
+    shifts = {"uniform": 0.0, "ratio_l2": 0.1, "law": 0.1}  # LAW beats uniform by 0.1, ties ratio
+    for arm, shift in shifts.items():
+        for seed in plan["controlnet"]["seeds"]:
+            for cfg in plan["sampling"]["cfg"]:
+                bench.finish(fair.pool_name(arm, seed, 0, cfg, 1.0), fake_pool(arm, seed, cfg, shift, rng))
+    results = fair.score_table(bench)
+    law = next(r for r in results["table"] if r["arm"] == "law" and r["cfg"] == 10.0)
+    assert law["masks"] == 40 and law["training_seeds"] == [0, 1]
+    assert law["headroom"] == pytest.approx((law["dice"] - 0.1) / (0.8 - 0.1))
+    assert set(law["dice_by_size"]) == {"small", "medium", "large"}
+    decisions = {(c["comparator"], c["cfg"]): c for c in results["comparisons"]}
+    against_uniform = decisions[("uniform", 10.0)]
+    assert against_uniform["ci"]["low"] > 0.05 and against_uniform["decision"]["verdict"] == "wins"
+    assert decisions[("ratio_l2", 10.0)]["decision"]["verdict"] == "refuted (no gain of +margin)"
+    assert decisions[("uniform", 1.0)]["decision"] is None  # CFG 1 is secondary
+    assert "only 2 training seed(s)" in against_uniform["seeds_note"]
+    text = fair.markdown(dict(results, command="test", decision_rule="rule", pieces_done=[]))
+    assert "| law − uniform | 10 |" in text and "wins" in text
