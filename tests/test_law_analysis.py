@@ -40,6 +40,15 @@ def test_law_analysis_writes_numbers_and_a_figure(tmp_path):
     references = saved["contrast"]["references"]
     assert references["ratio_pooled"] > references["law_delta_equals_mask_pooled"] > 1.0
     assert (tmp_path / "out" / "law_analysis.png").stat().st_size > 1000
+    import shutil
+
+    from laworder.cli import main
+
+    shutil.rmtree(run / "model")  # the contrast needs no weights: config.yaml + metrics.jsonl
+    assert main(["exp", "law-analysis", str(run), "--out", str(tmp_path / "contrast"), "--contrast-only",
+                 "--train-masks", "6"]) == 0
+    only = json.loads((tmp_path / "contrast" / "law_analysis.json").read_text())
+    assert "delta" not in only and only["contrast"]["references"] == references
     from laworder.config import save_config
 
     for objective, kwargs in (("uniform", {}), ("law", {"use_delta": False})):

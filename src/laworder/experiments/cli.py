@@ -81,6 +81,26 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exp_law_analysis(args: argparse.Namespace) -> int:
+    from laworder.experiments.law_analysis import write_law_analysis
+
+    kwargs = dict(data=args.data, train_masks=args.train_masks)
+    if not args.contrast_only:
+        kwargs.update(count=args.count)
+    result = write_law_analysis(args.run, args.out, contrast_only=args.contrast_only, **kwargs)
+    contrast = result["contrast"]
+    references = contrast["references"]
+    final = f"{contrast['final']:.2f}" if contrast["final"] is not None else "n/a"
+    print(f"lesion:background weight at the last logged step {final}; ratio prior {references['ratio_pooled']:.2f}, "
+          f"LAW with δ = m {references['law_delta_equals_mask_pooled']:.2f}")
+    if "delta" in result:
+        print("mean δ (lesion / boundary / background): "
+              + " / ".join(f"{v:.3f}" if v is not None else "-" for v in result["delta"]["true"].values())
+              + f"; |δ(own ε̂) − δ(another image's ε̂, same mask)| = {result['delta_other_image']['mean_abs_difference']:.4f}")
+    print(f"wrote {args.out}/law_analysis.json and law_analysis.png")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from laworder.experiments.report import write_report
 
@@ -121,6 +141,16 @@ def _add_exp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter-out", help="folder of the filtered pool (with --filter-min-dice)")
     p.add_argument("--overwrite", action="store_true", help="replace --filter-out")
     p.set_defaults(func=_exp_mask_recovery)
+
+    p = exp.add_parser("law-analysis", help="what LAW learned: δ vs the mask, weight contrast vs the ratio prior")
+    p.add_argument("run", help="a `synth train --objective law` run folder")
+    p.add_argument("--out", required=True, help="folder for law_analysis.json and law_analysis.png")
+    p.add_argument("--data", help="dataset (default: the run's)")
+    p.add_argument("--count", type=int, default=16, help="held-out test pairs δ is measured on")
+    p.add_argument("--train-masks", type=int, default=256, help="training masks for the reference contrasts")
+    p.add_argument("--contrast-only", action="store_true",
+                   help="only the logged weight contrast vs the references (needs config.yaml + metrics.jsonl, no weights)")
+    p.set_defaults(func=_exp_law_analysis)
 
     p = sub.add_parser("report", help="rebuild an experiment folder's report.md and figures from its results.json")
     p.add_argument("run_dir")

@@ -110,7 +110,6 @@ def analyse_law(run: str | Path, data: str | Path | None = None, count: int = 16
         {"mean_abs_difference", "correlation"}, "delta_zero_eps": {...}, "contrast":
         {"references", "curve", "final"}, ...}``.
     """
-    from laworder.data.dataset import PairDataset
     from laworder.data.layouts import load_dataset
 
     backbone, objective, config = load_law(run)
@@ -143,21 +142,46 @@ def analyse_law(run: str | Path, data: str | Path | None = None, count: int = 16
         a, b = stacked["true"].flatten(), stacked[kind].flatten()
         correlation = float(np.corrcoef(a.numpy(), b.numpy())[0, 1]) if a.std() > 0 and b.std() > 0 else None
         result[f"delta_{kind}"] = {"mean_abs_difference": float((a - b).abs().mean()), "correlation": correlation}
+    result["contrast"] = analyse_contrast(run, data, train_masks)
+    return result
+
+
+def analyse_contrast(run: str | Path, data: str | Path | None = None, train_masks: int = 256) -> dict[str, Any]:
+    """LAW's logged lesion:background weight contrast over training and the references on the
+    first ``train_masks`` training masks (at the diffusion target's resolution). Needs only the
+    run's ``config.yaml`` and ``metrics.jsonl``, not its weights.
+
+    Raises:
+        ConfigError: not a LAW run with δ.
+    """
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+    from laworder.synth.sampler import find_run
+    from laworder.synth.task import build_backbone
+    from laworder.synth.weighting import create_objective
+
+    _, config = find_run(Path(run) / "config.yaml" if (Path(run) / "config.yaml").is_file() else run)
+    if config.objective != "law" or config.objective_kwargs.get("use_delta", True) is False:
+        raise ConfigError(f"{run} was trained with {config.objective!r} {config.objective_kwargs}: no δ to analyse")
+    backbone = build_backbone(config)
+    objective = create_objective("law", channels=backbone.target_channels, **config.objective_kwargs)
+    collection = load_dataset(str(data or config.data))
     train = PairDataset(collection.train[:train_masks], size=backbone.resolution, channels=backbone.image_channels)
     masks = torch.stack([train[i]["mask"] for i in range(len(train))]).float()
     masks = F.interpolate(masks, size=(backbone.target_size, backbone.target_size), mode="nearest")
     curve = contrast_curve(Path(run))
-    result["contrast"] = {"references": reference_contrasts(masks, objective), "curve": curve,
-                          "final": curve[-1]["contrast"] if curve else None}
-    return result
+    return {"references": reference_contrasts(masks, objective), "curve": curve,
+            "final": curve[-1]["contrast"] if curve else None}
 
 
 def plot_law_analysis(result: dict[str, Any], out: str | Path) -> Path:
-    """Left: LAW's lesion:background contrast over training with the reference lines; right: mean δ
-    per region with the true ε̂, another image's ε̂ and ε̂ = 0."""
+    """Left: LAW's lesion:background contrast over training with the reference lines; right (when
+    ``result`` has δ numbers): mean δ per region with the true ε̂, another image's ε̂ and ε̂ = 0."""
     from laworder.experiments.figures import plt, save_figure
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    with_delta = "delta" in result
+    fig, axes = plt.subplots(1, 2 if with_delta else 1, figsize=(10 if with_delta else 5.5, 3.6), squeeze=False)
+    left = axes[0][0]
     curve = result["contrast"]["curve"]
     if curve:
         left.plot([r["step"] for r in curve], [r["contrast"] for r in curve], label="LAW w_final (per batch)")
@@ -171,6 +195,9 @@ def plot_law_analysis(result: dict[str, Any], out: str | Path) -> Path:
     left.set_ylabel("lesion : background weight")
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
+    if not with_delta:
+        return save_figure(fig, out)
+    right = axes[0][1]
     kinds = ("true", "other_image", "zero_eps")
     labels = {"true": "own ε̂", "other_image": "another image's ε̂ (same mask)", "zero_eps": "ε̂ = 0"}
     width = 0.25
@@ -185,9 +212,14 @@ def plot_law_analysis(result: dict[str, Any], out: str | Path) -> Path:
     return save_figure(fig, out)
 
 
-def write_law_analysis(run: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """``analyse_law`` + ``law_analysis.json`` and ``law_analysis.png`` in ``out_dir``."""
-    result = analyse_law(run, **kwargs)
+def write_law_analysis(run: str | Path, out_dir: str | Path, contrast_only: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """``analyse_law`` (or, with ``contrast_only``, ``analyse_contrast``: no weights needed) +
+    ``law_analysis.json`` and ``law_analysis.png`` in ``out_dir``."""
+    if contrast_only:
+        kwargs = {k: v for k, v in kwargs.items() if k in ("data", "train_masks")}
+        result = {"run": str(run), "contrast": analyse_contrast(run, **kwargs)}
+    else:
+        result = analyse_law(run, **kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "law_analysis.json").write_text(json.dumps(result, indent=2) + "\n")
