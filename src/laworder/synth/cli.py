@@ -1,4 +1,5 @@
-"""``laworder synth``: train (``train_synth``), sample (``sample_pool``), list.
+"""``laworder synth``: pretrain-vae (``train_vae``), pretrain and train (``train_synth``), sample
+(``sample_pool``), vae-dice (``reconstruction_dice``), list.
 
 Thin: parses arguments, calls the API, prints. Loaded by ``laworder.cli`` through
 ``add_commands`` (the run options are the shared ones of ``laworder seg train``).
@@ -14,9 +15,12 @@ def _train(args: argparse.Namespace) -> int:
     from laworder.synth.config import SynthConfig
     from laworder.synth.task import train_synth
 
-    backbone_kwargs = {k: v for k, v in (("pretrained_path", args.pretrained), ("controlnet_path", args.controlnet),
-                                         ("prompt", args.prompt)) if v is not None}
-    extra = {"data": args.data, "objective": args.objective, "backbone": args.backbone, "resolution": args.resolution}
+    backbone_kwargs = {k: v for k, v in (("pretrained_path", args.pretrained), ("controlnet_path", getattr(args, "controlnet", None)),
+                                         ("prompt", args.prompt), ("vae", args.vae)) if v is not None}
+    extra = {"data": args.data, "objective": getattr(args, "objective", None), "backbone": args.backbone,
+             "resolution": args.resolution, "base": getattr(args, "base", None)}
+    if args.stage == "base":
+        extra.update(stage="base", objective="uniform")
     if args.lr is not None:
         extra["loop"] = {"lr": args.lr}
     if backbone_kwargs:
@@ -26,8 +30,42 @@ def _train(args: argparse.Namespace) -> int:
     from laworder.experiments.figures import plot_probe
 
     probe = plot_probe(run_dir, run_dir / "probe.png")  # only when probe_every > 0
-    print(f"run folder: {run_dir}  (weights in model/last, delta-map snapshots in snapshots/, curves in metrics.jsonl"
+    print(f"run folder: {run_dir}  (weights in model/last (EMA) and model/raw, samples of held-out masks in "
+          "validation/, delta-map snapshots in snapshots/, curves in metrics.jsonl"
           + (f", mask probe in {probe.name})" if probe else ")"))
+    return 0
+
+
+def _pretrain_vae(args: argparse.Namespace) -> int:
+    import json
+
+    from laworder.cli import _build_config
+    from laworder.synth.vae import VaeConfig, train_vae
+
+    extra = {"data": args.data, "resolution": args.resolution, "latent_channels": args.latent_channels}
+    if args.lr is not None:
+        extra["loop"] = {"lr": args.lr}
+    run_dir = train_vae(_build_config(VaeConfig, args, extra))
+    report = json.loads((run_dir / "eval.json").read_text())
+    print(f"run folder: {run_dir}  (diffusers VAE in model/vae, scaling_factor {report['scaling_factor']:.4f}); "
+          f"held-out reconstruction PSNR {report['held_out_psnr']:.2f} dB over {report['held_out_images']} images")
+    return 0
+
+
+def _vae_dice(args: argparse.Namespace) -> int:
+    import json
+
+    from laworder.experiments.reconstruction import format_reconstruction_dice, reconstruction_dice
+
+    result = reconstruction_dice(args.vae, args.segmenter, data=args.data, subsets=args.subset, which=args.which,
+                                 limit=args.limit, device=args.device)
+    print(format_reconstruction_dice(result))
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -64,18 +102,45 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="mask-conditioned diffusion: train (LAW and baselines), sample pools")
     actions = synth.add_subparsers(dest="action", required=True)
 
-    p = actions.add_parser("train", help="train a ControlNet-conditioned diffusion model with a weighting objective")
+    p = actions.add_parser("pretrain-vae", help="train a small AutoencoderKL (4x downsampling) on the training images")
     _common_run_options(p)
     p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
-    p.add_argument("--objective", "--method", dest="objective",
-                   help="uniform, fixed, ratio, law, adaptive_distillation, noise_consistency, siamese (laworder synth list)")
-    p.add_argument("--backbone", help="builtin (default) or sd15")
-    p.add_argument("--pretrained", help="sd15: local diffusers-format Stable Diffusion 1.5 folder")
-    p.add_argument("--controlnet", help="sd15: ControlNet folder to start from (default: from the UNet)")
-    p.add_argument("--prompt", help="sd15: text prompt (dropped with probability cond_drop_prob)")
-    p.add_argument("--resolution", type=int, help="image size (default 64 builtin, 384 sd15)")
+    p.add_argument("--resolution", type=int, help="image size (default 128 -> 32x32 latents)")
+    p.add_argument("--latent-channels", type=int, help="latent channels (default 4)")
     p.add_argument("--lr", type=float)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_pretrain_vae)
+
+    for name, helptext in (
+        ("pretrain", "train the base UNet + image token alone (no ControlNet), in pixel or VAE latent space"),
+        ("train", "train a mask ControlNet with a weighting objective (on a frozen --base, or jointly from scratch)"),
+    ):
+        p = actions.add_parser(name, help=helptext)
+        _common_run_options(p)
+        p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
+        if name == "train":
+            p.add_argument("--objective", "--method", dest="objective",
+                           help="uniform, fixed, ratio, law, adaptive_distillation, noise_consistency, siamese (laworder synth list)")
+            p.add_argument("--base", help="a `synth pretrain` run: its UNet/embedding/VAE are loaded and frozen, "
+                                          "the ControlNet is made from its UNet (--set unet_trainable=decoder|all unlocks it)")
+            p.add_argument("--controlnet", help="sd15: ControlNet folder to start from (default: from the UNet)")
+        p.add_argument("--vae", help="builtin: a `synth pretrain-vae` run (or diffusers AutoencoderKL folder): latent space")
+        p.add_argument("--backbone", help="builtin (default) or sd15")
+        p.add_argument("--pretrained", help="sd15: local diffusers-format Stable Diffusion 1.5 folder")
+        p.add_argument("--prompt", help="sd15: text prompt (dropped with probability cond_drop_prob)")
+        p.add_argument("--resolution", type=int, help="image size (default 64 builtin, 384 sd15; from --base when given)")
+        p.add_argument("--lr", type=float)
+        p.set_defaults(func=_train, stage="base" if name == "pretrain" else "controlnet")
+
+    p = actions.add_parser("vae-dice", help="Dice a frozen segmenter keeps on VAE reconstructions of real test images")
+    p.add_argument("vae", help="`synth pretrain-vae` run (or diffusers AutoencoderKL folder)")
+    p.add_argument("segmenter", help="`seg train` run folder (the frozen judge)")
+    p.add_argument("--data", help="dataset whose test subsets are scored (default: the segmenter's)")
+    p.add_argument("--subset", nargs="+", help="only these test subsets")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--limit", type=int, help="only the first N images of each subset")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the result as JSON here")
+    p.set_defaults(func=_vae_dice)
 
     p = actions.add_parser("sample", help="DDIM + classifier-free guidance: one image per mask -> pool folder")
     p.add_argument("run", help="synth train run folder (or its model/last, or a checkpoint folder)")

@@ -8,12 +8,17 @@ from typing import Any
 from laworder.training import LoopConfig
 
 
+STAGES = ("controlnet", "base")
+
+
 def default_loop() -> LoopConfig:
-    """diffusers ``train_controlnet.py`` defaults (AdamW, constant LR) sized for the built-in backbone."""
+    """diffusers ``train_controlnet.py`` defaults (AdamW, constant LR) sized for the built-in backbone,
+    with an EMA of the trained weights (diffusers' warm-up; the raw weights are kept too) and the
+    gradient norm clipped over the trained parameters only, the same for every objective."""
     return LoopConfig(
         output_dir="runs/synth", max_steps=1000, batch_size=8, lr=1e-4, weight_decay=1e-2,
         optimizer="adamw", scheduler="constant", min_lr=0.0, grad_clip=1.0,
-        checkpoint_every=250, log_every=10, snapshot_every=100,
+        checkpoint_every=250, log_every=10, snapshot_every=100, ema_decay=0.9999, ema_warmup=True,
     )
 
 
@@ -38,6 +43,17 @@ class SynthConfig:
         probe_every: run the mask probe (``laworder.synth.probe``: ε-MSE with true vs shuffled
             masks on ``probe_count`` held-out test pairs) every this many steps; 0 = never.
         probe_count: held-out pairs in the probe set.
+        stage: ``controlnet`` (``synth train``: a mask ControlNet) or ``base`` (``synth pretrain``:
+            the UNet and token embedding alone, no ControlNet, uniform objective).
+        base: a ``synth pretrain`` run: its UNet and embedding (and VAE) are loaded and frozen,
+            and the ControlNet is made from its UNet (``ControlNetModel.from_unet``); backbone,
+            backbone_kwargs, resolution and image_channels come from it.
+        unet_trainable: for a pretrained UNet (``base`` or ``sd15``): ``none`` (frozen, the
+            paper), ``decoder`` (up blocks + output unlocked) or ``all``. The built-in backbone
+            without ``base`` trains its UNet from scratch with the ControlNet whatever this says.
+        validation_masks: held-out masks (the test split's first ones; the training masks when
+            there is none) sampled every ``loop.snapshot_every`` steps into ``validation/step_*.png``
+            (0 = off); ``validation_steps`` DDIM steps at CFG ``validation_guidance``, fixed seeds.
         cache_images: keep resized images in memory (``PairDataset(cache=True)``).
         check_data: run ``laworder.data.ensure_valid`` before training.
         loop: the training-loop settings (``laworder.training.LoopConfig``).
@@ -55,6 +71,12 @@ class SynthConfig:
     snapshot_count: int = 4
     probe_every: int = 0
     probe_count: int = 16
+    stage: str = "controlnet"
+    base: str | None = None
+    unet_trainable: str = "none"
+    validation_masks: int = 4
+    validation_steps: int = 20
+    validation_guidance: float = 1.0
     cache_images: bool = True
     check_data: bool = True
     loop: LoopConfig = field(default_factory=default_loop)

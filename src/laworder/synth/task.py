@@ -7,9 +7,10 @@ branches some baselines need (a teacher, an image branch). ``fit`` does everythi
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,12 +27,33 @@ from laworder.training import StepOutput, TrainTask
 def build_backbone(config: SynthConfig) -> Backbone:
     """The backbone a config names, at the config's resolution (or the backbone's default),
     with what the objective implies (e.g. ``siamese``: the dense hint input) unless the config
-    sets it; training and sampling both build it here, so they agree."""
+    sets it; training and sampling both build it here, so they agree.
+
+    Stage ``base``: the UNet alone, all of it trained. With ``config.base``: the base run's
+    UNet and embedding loaded and frozen (``unet_trainable`` unlocks UNet parts), then the
+    ControlNet made from that UNet. ``sd15``: its UNet is the pretrained base.
+    """
+    from laworder.synth.base_model import load_base_weights, resolve_base
+
+    config = resolve_base(config)
     kwargs = {**objective_backbone_defaults(config.objective), **config.backbone_kwargs}
     kwargs["image_channels"] = config.image_channels
     if config.resolution is not None:
         kwargs["resolution"] = config.resolution
-    return create_backbone(config.backbone, **kwargs)
+    # the ControlNet copies the UNet encoder: build it only once a pretrained UNet is loaded
+    backbone = create_backbone(config.backbone, controlnet=config.stage == "controlnet" and not config.base, **kwargs)
+    if config.stage == "base":
+        if backbone.pretrained_unet:
+            backbone.set_unet_trainable("all")
+        return backbone
+    if config.base:
+        load_base_weights(backbone, config.base)
+        if "embedding" in backbone.modules:
+            backbone.freeze("embedding")  # the token embedding stays with the base, like SD's text encoder
+        backbone.add_controlnet()
+    if config.base or backbone.pretrained_unet:
+        backbone.set_unet_trainable(config.unet_trainable)
+    return backbone
 
 
 def renoise_from_prediction(noise_scheduler, noisy: torch.Tensor, eps_hat: torch.Tensor, noise: torch.Tensor,
@@ -65,8 +87,13 @@ class SynthTask(TrainTask):
     def __init__(self, config: SynthConfig, backbone: Backbone | None = None) -> None:
         if not 0.0 <= config.cond_drop_prob < 1.0:
             raise ConfigError(f"cond_drop_prob must be in [0, 1), got {config.cond_drop_prob}")
+        if config.stage == "base" and config.objective != "uniform":
+            raise ConfigError(f"`synth pretrain` trains the base UNet without masks: objective must be 'uniform', "
+                              f"got {config.objective!r}")
         self.config = config
         self.backbone = backbone if backbone is not None else build_backbone(config)
+        #: (stems, masks) sampled into validation grids, set by ``train_synth``; None = off
+        self.validation: tuple[list[str], torch.Tensor] | None = None
         self.noise_scheduler = self.backbone.noise_scheduler()
         self.objective: Objective = create_objective(
             config.objective, channels=self.backbone.target_channels, **config.objective_kwargs
@@ -147,8 +174,8 @@ class SynthTask(TrainTask):
         keep = torch.rand(batch_size, generator=generator) >= cond_drop_prob
         cond_tokens = torch.where(keep, LESION_TOKEN, NULL_TOKEN).to(device)
         states = backbone.condition_states(cond_tokens)
-        # 3. ControlNet residuals from the mask
-        residuals = backbone.control(noisy, timesteps, states, backbone.mask_hint(masks))
+        # 3. ControlNet residuals from the mask (none for a base UNet trained alone)
+        residuals = backbone.control(noisy, timesteps, states, backbone.mask_hint(masks)) if backbone.has_controlnet else None
         # 4. UNet prediction
         eps_pred = backbone.denoise(noisy, timesteps, states, residuals)
         # 5. regression target
@@ -212,11 +239,41 @@ class SynthTask(TrainTask):
 
     def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> None:
         """Delta-map snapshot (paper Fig. 8): ``snapshots/step_XXXXXXXX.png``, one row per sample,
-        columns image | mask | w_ratio | δ | w_final (those the objective has)."""
+        columns image | mask | w_ratio | δ | w_final (those the objective has); and validation
+        samples of the held-out masks (``validation/step_XXXXXXXX.png``, see ``synth.validation``)."""
         from laworder.synth.snapshots import write_weight_grid
 
-        images, masks, maps = self.weight_maps(batch, seed=step)
-        write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png", images, masks, maps)
+        if self.config.stage != "base":
+            images, masks, maps = self.weight_maps(batch, seed=step)
+            write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png", images, masks, maps)
+        if self.validation is not None:
+            self.write_validation(Path(run_dir) / "validation" / f"step_{step:08d}.png")
+
+    def write_validation(self, path: Path) -> Path:
+        """Sample the held-out masks with the current (raw) weights, bare modules, eval mode."""
+        from laworder.synth.validation import write_validation_grid
+
+        stems, masks = self.validation
+        with self.bare_modules():
+            return write_validation_grid(path, self.backbone, masks.to(self.device), stems,
+                                         self.config.validation_steps, self.config.validation_guidance)
+
+    @contextmanager
+    def bare_modules(self) -> Iterator[None]:
+        """The backbone on the bare modules in eval mode (no DDP wrapper: only the main process
+        samples or probes), rebound to the wrapped ones and their modes afterwards."""
+        wrapped = self.modules
+        bare = {name: self.unwrapped(name) for name in wrapped}
+        self.backbone.bind(bare)
+        modes = {name: module.training for name, module in bare.items()}
+        try:
+            for module in bare.values():
+                module.eval()
+            yield
+        finally:
+            for name, module in bare.items():
+                module.train(modes[name])
+            self.backbone.bind(wrapped)
 
     def periodic_logs(self, step: int, run_dir: Path) -> dict[str, float]:
         """The mask probe every ``probe_every`` steps (``laworder.synth.probe``), on the bare
@@ -226,18 +283,8 @@ class SynthTask(TrainTask):
             return {}
         from laworder.synth.probe import probe_mask
 
-        wrapped = self.modules
-        bare = {name: self.unwrapped(name) for name in wrapped}
-        self.backbone.bind(bare)
-        modes = {name: module.training for name, module in bare.items()}
-        try:
-            for module in bare.values():
-                module.eval()
+        with self.bare_modules():
             return probe_mask(self.backbone, self.noise_scheduler, self.probe_set, self.device)
-        finally:
-            for name, module in bare.items():
-                module.train(modes[name])
-            self.backbone.bind(wrapped)
 
 
 def held_out_probe_set(collection, config: SynthConfig):
@@ -262,15 +309,22 @@ def held_out_probe_set(collection, config: SynthConfig):
 def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     """Train a mask-conditioned diffusion model; returns the run folder.
 
-    The run folder holds ``config.yaml`` (this config, resolved), ``model/last/*.safetensors``,
-    ``checkpoints/``, ``metrics.jsonl`` and ``snapshots/``; ``sample_pool`` reads it.
+    The run folder holds ``config.yaml`` (this config, resolved), ``model/last/*.safetensors``
+    (the trained modules; EMA weights, the raw ones in ``model/raw/``), ``checkpoints/``,
+    ``metrics.jsonl``, ``snapshots/`` and ``validation/``; ``sample_pool`` reads it. Frozen
+    networks are not copied: they load from ``config.base`` / the VAE / the SD folder.
     """
     from laworder.data.dataset import PairDataset
     from laworder.data.layouts import load_dataset
+    from laworder.synth.base_model import resolve_base
     from laworder.training import fit
 
     if isinstance(config, dict):
         config = from_dict(SynthConfig, config, where="synth config")
+    config = resolve_base(config)  # a bad --base fails here, before anything is written
+    if config.backbone_kwargs.get("vae"):  # saved absolute, so later runs find it from anywhere
+        vae = str(Path(config.backbone_kwargs["vae"]).expanduser().resolve())
+        config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": vae})
     if config.check_data:
         from laworder.data.check import ensure_valid
 
@@ -285,6 +339,10 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     if config.probe_every:
         task.probe_set = held_out_probe_set(collection, config)
     task.config = config
+    if config.validation_masks > 0:
+        from laworder.synth.validation import held_out_masks
+
+        task.validation = held_out_masks(collection, config.validation_masks, config.resolution)
     dataset = PairDataset(collection.train, size=config.resolution, channels=config.image_channels, cache=config.cache_images)
     result = fit(task, dataset, config.loop, run_config=config)
     return result.run_dir

@@ -28,7 +28,7 @@ from laworder.training.task import TrainTask
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.yaml", "run.json", "snapshots")
+RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.yaml", "run.json", "snapshots", "validation", "eval.json")
 
 
 @dataclass

@@ -14,11 +14,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from laworder.errors import ConfigError
 from laworder.registry import Registry
 
 BACKBONES: Registry["Backbone"] = Registry("backbone")
 
 NULL_TOKEN, LESION_TOKEN = 0, 1
+SAMPLING_MODULES = ("unet", "controlnet", "embedding")
+UNET_TRAINABLE = ("none", "decoder", "all")
 
 Residuals = tuple[Sequence[torch.Tensor], torch.Tensor]
 
@@ -28,19 +31,20 @@ class Backbone(abc.ABC):
 
     ``modules`` holds the trainable networks by name (saved as ``<name>.safetensors``); the
     training task shares the dict and re-binds it after ``fit`` wraps them (``bind``), so
-    every call looks its networks up there. ``frozen_modules`` are moved to the device but
-    never trained or saved (a VAE, a text encoder, a frozen UNet).
+    every call looks its networks up there. ``frozen`` holds the networks moved to the device
+    but never trained or saved by the run (a VAE, a text encoder, a pretrained UNet kept frozen).
     """
 
     name: str = ""
-    #: modules a trained run saves that sampling needs (the rest of ``modules`` is training-only)
-    sampling_modules: tuple[str, ...] = ()
+    #: whether the UNet comes pretrained (SD 1.5) rather than trained with the ControlNet
+    pretrained_unet: bool = False
 
     def __init__(self, resolution: int, image_channels: int, scheduler_config: dict[str, Any]) -> None:
         self.resolution = resolution
         self.image_channels = image_channels
         self.scheduler_config = dict(scheduler_config)
         self.modules: dict[str, nn.Module] = {}
+        self.frozen: dict[str, nn.Module] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------
     def bind(self, modules: dict[str, nn.Module]) -> None:
@@ -48,7 +52,54 @@ class Backbone(abc.ABC):
         self.modules = modules
 
     def frozen_modules(self) -> dict[str, nn.Module]:
-        return {}
+        return dict(self.frozen)
+
+    @property
+    def sampling_modules(self) -> tuple[str, ...]:
+        """Modules a trained run saves that sampling needs (trained ones; the rest of ``modules``,
+        LAW's φ or a teacher, is training-only; frozen ones come from where they were loaded)."""
+        return tuple(name for name in SAMPLING_MODULES if name in self.modules)
+
+    @property
+    def has_controlnet(self) -> bool:
+        return "controlnet" in self.modules
+
+    def network(self, name: str, bare: bool = True) -> nn.Module:
+        """A network by name, trained or frozen (``bare``: the module under a DDP wrapper)."""
+        module = self.modules[name] if name in self.modules else self.frozen[name]
+        return getattr(module, "module", module) if bare else module
+
+    def freeze(self, name: str) -> None:
+        """Move ``name`` from the trained modules to the frozen ones (no gradients, eval mode)."""
+        if name in self.modules:
+            self.frozen[name] = self.modules.pop(name).eval().requires_grad_(False)
+
+    def set_unet_trainable(self, mode: str) -> None:
+        """What of a pretrained UNet trains beside the ControlNet.
+
+        ``none``: nothing (the paper's frozen UNet); ``decoder``: the up blocks and the output
+        layers (ControlNet's ``sd_locked=False``, as Siamese-Diffusion and the adaptive-distillation
+        code train); ``all``: the whole UNet.
+        """
+        if mode not in UNET_TRAINABLE:
+            raise ConfigError(f"unet_trainable must be one of {UNET_TRAINABLE}, got {mode!r}")
+        unet = self.network("unet")
+        if mode == "none":
+            self.modules.pop("unet", None)
+            self.frozen["unet"] = unet.eval().requires_grad_(False)
+            return
+        unet.requires_grad_(mode == "all")
+        if mode == "decoder":
+            for part in (unet.up_blocks, unet.conv_norm_out, unet.conv_out):
+                if part is not None:
+                    part.requires_grad_(True)
+        self.frozen.pop("unet", None)
+        self.modules = {"unet": unet, **{k: v for k, v in self.modules.items() if k != "unet"}}
+
+    def add_controlnet(self) -> None:
+        """Create the mask ControlNet from the (possibly just loaded) UNet: ``from_unet`` copies
+        the UNet encoder's weights, so load a pretrained UNet before calling this."""
+        self.modules["controlnet"] = self.new_controlnet()
 
     @property
     @abc.abstractmethod
@@ -132,9 +183,9 @@ class Backbone(abc.ABC):
         return self.denoise(noisy, timesteps, states, residuals)
 
     @property
-    @abc.abstractmethod
     def unet(self) -> nn.Module:
         """The UNet (trainable or frozen)."""
+        return self.network("unet", bare=False)
 
     @abc.abstractmethod
     def new_controlnet(self, conditioning_channels: int | None = None) -> nn.Module:
@@ -145,6 +196,25 @@ class Backbone(abc.ABC):
         counts = {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules.items()}
         frozen = {name: sum(p.numel() for p in m.parameters()) for name, m in self.frozen_modules().items()}
         return {"backbone": self.name, "resolution": self.resolution, "trainable": counts, "frozen": frozen}
+
+
+def hint_channels_for(downsample: int) -> tuple[int, ...]:
+    """ControlNet hint-encoder widths that downsample a mask ``downsample``× (a power of two):
+    SD's (16, 32, 96, 256) cut to log2(downsample) strided steps; (16,) in pixel space."""
+    return (16, 32, 96, 256, 256)[: downsample.bit_length()]
+
+
+@torch.no_grad()
+def encode_latents(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] -> VAE latent samples × ``scaling_factor`` (SD's convention)."""
+    latent_dist = vae.encode(images.to(vae.dtype)).latent_dist
+    return latent_dist.sample(generator=generator) * float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def decode_latents(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> images in [-1, 1]."""
+    return vae.decode(latents / float(vae.config.scaling_factor), return_dict=False)[0].clamp(-1, 1)
 
 
 def create_backbone(name: str, **kwargs: Any) -> Backbone:

@@ -1,8 +1,12 @@
-"""The built-in backbone: a small pixel-space ControlNet-conditioned UNet trained from scratch.
+"""The built-in backbone: a small ControlNet-conditioned UNet, in pixel space or in the latent
+space of a small VAE (``laworder synth pretrain-vae``).
 
 Sized for CPU: 64-128 px images, attention only at the two lowest resolutions (self-attention
 at the highest level dominated CPU time when measured), a learned two-token embedding in
 place of a text encoder ("lesion" and the null token for classifier-free guidance).
+Either trained jointly from scratch with its ControlNet, or built the SD way: the UNet and
+embedding pretrained alone (``synth pretrain``), then frozen under a ControlNet made
+``from_unet`` (``synth train --base``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch import nn
 
 from laworder.errors import ConfigError
-from laworder.synth.backbones.base import BACKBONES, Backbone
+from laworder.synth.backbones.base import BACKBONES, Backbone, decode_latents, encode_latents, hint_channels_for
 from laworder.synth.backbones.dense_hint import set_hint_input
 
 
@@ -67,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class BuiltinBackbone(Backbone):
-    """UNet2DConditionModel + ControlNetModel + ConditionEmbedding, all trainable, pixel space.
+    """UNet2DConditionModel + ControlNetModel + ConditionEmbedding (+ a frozen AutoencoderKL).
 
     Args:
         preset: ``default`` or ``tiny`` (see ``PRESETS``); the arguments below override it.
@@ -77,15 +81,20 @@ class BuiltinBackbone(Backbone):
         attention_levels: levels with cross/self-attention (default: the two lowest resolutions).
         layers_per_block, cross_attention_dim, attention_head_dim, norm_num_groups: UNet shape.
         hint_channels: ControlNet hint encoder widths; one entry = no downsampling, so the mask
-            enters at the image resolution (diffusers' default shrinks it 8× for latents).
+            enters at the image resolution; default: as many strided steps as the VAE
+            downsamples (``hint_channels_for``: (16,) in pixel space, (16, 32, 96) for 4×).
         hint_input: ``sparse`` (ControlNet's hint encoder) or ``dense`` (Siamese-Diffusion's DHI,
             ``dense_hint.py``), the latter with residual blocks of ``dense_hint_channels``
             at the image resolution (no patch merging in pixel space).
-        beta_schedule: DDPM schedule (``squaredcos_cap_v2`` suits small pixel-space images).
+        beta_schedule: DDPM schedule (default ``squaredcos_cap_v2`` in pixel space, which suits
+            small images; SD's ``scaled_linear`` on latents).
+        vae: a ``synth pretrain-vae`` run or a diffusers ``AutoencoderKL`` folder: diffuse in its
+            latent space (frozen; latent size = resolution / its downsampling).
+        controlnet: build the ControlNet now (False: the UNet alone, for ``synth pretrain``, or
+            ``add_controlnet`` later, after the pretrained UNet is loaded).
     """
 
     name = "builtin"
-    sampling_modules = ("unet", "controlnet", "embedding")
 
     def __init__(
         self,
@@ -98,13 +107,15 @@ class BuiltinBackbone(Backbone):
         cross_attention_dim: int | None = None,
         attention_head_dim: int | None = None,
         norm_num_groups: int | None = None,
-        hint_channels: Sequence[int] = (16,),
+        hint_channels: Sequence[int] | None = None,
         hint_input: str = "sparse",
         dense_hint_channels: Sequence[int] = (16, 32),
-        beta_schedule: str = "squaredcos_cap_v2",
+        beta_schedule: str | None = None,
         num_train_timesteps: int = 1000,
+        vae: str | None = None,
+        controlnet: bool = True,
     ) -> None:
-        from diffusers import ControlNetModel, UNet2DConditionModel
+        from diffusers import UNet2DConditionModel
 
         if preset not in PRESETS:
             raise ConfigError(f"unknown builtin preset {preset!r}; known presets: {sorted(PRESETS)}")
@@ -113,50 +124,78 @@ class BuiltinBackbone(Backbone):
                      attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups)
         arch = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
         block_out_channels = tuple(arch["block_out_channels"])
-        factor = 2 ** (len(block_out_channels) - 1)
-        if resolution % factor or resolution < factor:
-            raise ConfigError(
-                f"resolution {resolution} must be a positive multiple of {factor} for "
-                f"{len(block_out_channels)} UNet levels; consider {max(factor, round(resolution / factor) * factor)}"
-            )
         if image_channels not in (1, 3):
             raise ConfigError(f"image_channels must be 1 or 3, got {image_channels}")
+        self.vae = None
+        if vae is not None:
+            from laworder.synth.vae import check_latent_fit, load_vae, vae_downsample
+
+            self.vae = load_vae(vae)
+            if int(self.vae.config.in_channels) != image_channels:
+                raise ConfigError(f"the VAE at {vae} takes {self.vae.config.in_channels}-channel images, "
+                                  f"not image_channels={image_channels}")
+            self.downsample = vae_downsample(self.vae)
+            target_size = check_latent_fit(resolution, self.vae, len(block_out_channels))
+        else:
+            self.downsample = 1
+            target_size = resolution
+            factor = 2 ** (len(block_out_channels) - 1)
+            if resolution % factor or resolution < factor:
+                raise ConfigError(
+                    f"resolution {resolution} must be a positive multiple of {factor} for "
+                    f"{len(block_out_channels)} UNet levels; consider {max(factor, round(resolution / factor) * factor)}"
+                )
+        # pixel space: a cosine schedule with clipping suits small images; latents (unbounded):
+        # Stable Diffusion's scaled-linear schedule, no clipping
+        schedule = dict(beta_schedule=beta_schedule or "squaredcos_cap_v2", clip_sample=True)
+        if self.vae is not None:
+            schedule = dict(beta_schedule=beta_schedule or "scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            clip_sample=False)
         super().__init__(resolution, image_channels, dict(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-            prediction_type="epsilon", clip_sample=True,
+            num_train_timesteps=num_train_timesteps, prediction_type="epsilon", **schedule,
         ))
-        self.hint_channels = tuple(hint_channels)
-        unet = UNet2DConditionModel(**unet_config(image_channels, resolution, **arch))
-        controlnet = ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=self.hint_channels, conditioning_channels=image_channels
-        )
-        set_hint_input(controlnet, hint_input, image_channels, dense_hint_channels, downsample=1)
-        self.modules = {"unet": unet, "controlnet": controlnet, "embedding": ConditionEmbedding(arch["cross_attention_dim"])}
+        if self.vae is not None:
+            self.frozen["vae"] = self.vae
+        self.hint_channels = tuple(hint_channels) if hint_channels is not None else hint_channels_for(self.downsample)
+        self.hint_input, self.dense_hint_channels = hint_input, tuple(dense_hint_channels)
+        self._target_size = target_size
+        unet = UNet2DConditionModel(**unet_config(self.target_channels, target_size, **arch))
+        self.modules = {"unet": unet}
+        if controlnet:  # created before the embedding: the same initialisation as before latent mode
+            self.add_controlnet()
+        self.modules["embedding"] = ConditionEmbedding(arch["cross_attention_dim"])
+
+    def add_controlnet(self) -> None:
+        controlnet = self.new_controlnet()
+        set_hint_input(controlnet, self.hint_input, self.image_channels, self.dense_hint_channels, self.downsample)
+        self.modules["controlnet"] = controlnet
 
     @property
     def target_channels(self) -> int:
-        return self.image_channels
+        return int(self.vae.config.latent_channels) if self.vae is not None else self.image_channels
 
     @property
-    def unet(self) -> nn.Module:
-        return self.modules["unet"]
+    def target_size(self) -> int:
+        return self._target_size
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return images  # pixel space: the target is the image itself
+        if self.vae is None:
+            return images  # pixel space: the target is the image itself
+        return encode_latents(self.vae, images, generator)
 
     def decode(self, targets: torch.Tensor) -> torch.Tensor:
-        return targets.clamp(-1, 1)
+        if self.vae is None:
+            return targets.clamp(-1, 1)
+        return decode_latents(self.vae, targets)
 
     def condition_states(self, cond_tokens: torch.Tensor) -> torch.Tensor:
-        return self.modules["embedding"](cond_tokens)
+        return self.network("embedding", bare=False)(cond_tokens)
 
     def new_controlnet(self, conditioning_channels: int | None = None) -> nn.Module:
         from diffusers import ControlNetModel
 
-        unet = self.modules["unet"]
-        unet = getattr(unet, "module", unet)
         return ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=self.hint_channels,
+            self.network("unet"), conditioning_embedding_out_channels=self.hint_channels,
             conditioning_channels=conditioning_channels or self.image_channels,
         )
 

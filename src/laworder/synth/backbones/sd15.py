@@ -11,7 +11,8 @@ Nothing is downloaded (``local_files_only=True``). The folder is the layout
       scheduler/scheduler_config.json   (optional; SD 1.5's schedule otherwise)
       controlnet/config.json    + diffusion_pytorch_model.safetensors   (optional)
 
-VAE, UNet and text encoder are frozen; only the ControlNet trains. Without a ControlNet
+VAE, UNet and text encoder are frozen; only the ControlNet trains (``unet_trainable`` in the synth config
+unlocks the UNet decoder or all of it). Without a ControlNet
 folder (``controlnet_path`` or ``<pretrained_path>/controlnet``) it is initialised from the
 UNet encoder with ``ControlNetModel.from_unet``.
 """
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from laworder.errors import ConfigError, MissingWeightsError
-from laworder.synth.backbones.base import BACKBONES, LESION_TOKEN, NULL_TOKEN, Backbone
+from laworder.synth.backbones.base import (
+    BACKBONES, LESION_TOKEN, NULL_TOKEN, Backbone, decode_latents, encode_latents, hint_channels_for,
+)
 from laworder.synth.backbones.dense_hint import PAPER_DENSE_CHANNELS, set_hint_input
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -76,10 +79,12 @@ class StableDiffusionBackbone(Backbone):
         gradient_checkpointing: trade compute for memory in the ControlNet.
         hint_input: ``sparse`` (the ControlNet's own hint encoder) or ``dense`` (Siamese-Diffusion's
             DHI with ``dense_hint_channels``, patch merging down to the latent size).
+        controlnet: build the ControlNet now (False: later, with ``add_controlnet``, after a
+            fine-tuned UNet has been loaded; or never, to train the UNet alone).
     """
 
     name = "sd15"
-    sampling_modules = ("controlnet",)
+    pretrained_unet = True
 
     def __init__(
         self,
@@ -91,8 +96,9 @@ class StableDiffusionBackbone(Backbone):
         gradient_checkpointing: bool = False,
         hint_input: str = "sparse",
         dense_hint_channels: Sequence[int] = PAPER_DENSE_CHANNELS,
+        controlnet: bool = True,
     ) -> None:
-        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         if not pretrained_path:
@@ -115,27 +121,35 @@ class StableDiffusionBackbone(Backbone):
 
         load = dict(local_files_only=True)
         self.vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **load).eval().requires_grad_(False)
-        self._unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **load).eval().requires_grad_(False)
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **load).eval().requires_grad_(False)
         self.text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **load).eval().requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **load)
         self.scaling_factor = float(self.vae.config.scaling_factor)  # 0.18215 for SD 1.5
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        factor = self.downsample * 2 ** (len(self._unet.config.block_out_channels) - 1)
+        factor = self.downsample * 2 ** (len(unet.config.block_out_channels) - 1)
         if resolution % factor:
             raise ConfigError(f"resolution {resolution} must be a multiple of {factor} for this VAE + UNet")
-        if controlnet_path is not None:
-            controlnet = ControlNetModel.from_pretrained(Path(controlnet_path).expanduser(), **load)
-        else:
-            controlnet = self.new_controlnet()
-        set_hint_input(controlnet, hint_input, image_channels, dense_hint_channels, self.downsample)
-        if gradient_checkpointing:
-            controlnet.enable_gradient_checkpointing()
+        self.frozen = {"vae": self.vae, "unet": unet, "text_encoder": self.text_encoder}
+        self.controlnet_path, self.hint_input, self.dense_hint_channels = controlnet_path, hint_input, dense_hint_channels
+        self.gradient_checkpointing = gradient_checkpointing
         self.prompt = prompt
         self._prompt_states: dict[tuple[str, Any], torch.Tensor] = {}
-        self.modules = {"controlnet": controlnet}
+        self.modules = {}
+        if controlnet:
+            self.add_controlnet()
 
-    def frozen_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.vae, "unet": self._unet, "text_encoder": self.text_encoder}
+    def add_controlnet(self) -> None:
+        """The ControlNet from ``controlnet_path`` when given, else ``from_unet`` of the current UNet."""
+        from diffusers import ControlNetModel
+
+        if self.controlnet_path is not None:
+            controlnet = ControlNetModel.from_pretrained(Path(self.controlnet_path).expanduser(), local_files_only=True)
+        else:
+            controlnet = self.new_controlnet()
+        set_hint_input(controlnet, self.hint_input, self.image_channels, self.dense_hint_channels, self.downsample)
+        if self.gradient_checkpointing:
+            controlnet.enable_gradient_checkpointing()
+        self.modules["controlnet"] = controlnet
 
     @property
     def target_channels(self) -> int:
@@ -145,18 +159,11 @@ class StableDiffusionBackbone(Backbone):
     def target_size(self) -> int:
         return self.resolution // self.downsample
 
-    @property
-    def unet(self) -> nn.Module:
-        return self._unet
-
-    @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        latent_dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return latent_dist.sample(generator=generator) * self.scaling_factor
+        return encode_latents(self.vae, images, generator)
 
-    @torch.no_grad()
     def decode(self, targets: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(targets / self.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+        return decode_latents(self.vae, targets)
 
     @torch.no_grad()
     def _text_states(self, device: torch.device) -> torch.Tensor:
@@ -178,9 +185,8 @@ class StableDiffusionBackbone(Backbone):
         from diffusers import ControlNetModel
 
         # the hint encoder downsamples as much as the VAE: (16, 32, 96, 256) for SD's 8×
-        levels = self.downsample.bit_length()
         return ControlNetModel.from_unet(
-            self._unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels],
+            self.network("unet"), conditioning_embedding_out_channels=hint_channels_for(self.downsample),
             conditioning_channels=conditioning_channels or self.image_channels,
         )
 
