@@ -62,16 +62,19 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_procedural(args: argparse.Namespace) -> int:
     from laworder.data.procedural import generate_procedural
 
-    out = generate_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed)
-    print(f"wrote {args.num_images} procedural pairs to {out}")
+    out = generate_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
+                              num_classes=args.classes)
+    kind = f"{args.classes}-class label maps, labels.json" if args.classes > 2 else "binary masks"
+    print(f"wrote {args.num_images} procedural pairs to {out} ({kind})")
     return 0
 
 
 def _data_prepare_kits19(args: argparse.Namespace) -> int:
     from laworder.data.layouts import prepare_kits19
 
-    out = prepare_kits19(args.src, args.dst)
-    print(f"wrote KiTS19 tumour slices to {out}")
+    out = prepare_kits19(args.src, args.dst, keep_kidney=args.keep_kidney)
+    what = "kidney + tumour label maps (labels.json)" if args.keep_kidney else "tumour masks"
+    print(f"wrote KiTS19 tumour slices with {what} to {out}")
     return 0
 
 
@@ -86,10 +89,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-images", type=int, default=200)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=2,
+                   help="classes with the background: 2 = binary masks (default); K > 2 = label maps with K-1 lesion kinds")
     p.set_defaults(func=_data_procedural)
     p = data.add_parser("prepare-kits19", help="KiTS19 NIfTI cases -> pair folder of axial tumour slices")
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("--keep-kidney", action="store_true",
+                   help="label maps with background 0, kidney 1, tumour 2 (labels.json) instead of tumour masks")
     p.set_defaults(func=_data_prepare_kits19)
 
 
@@ -126,7 +133,7 @@ def _seg_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("with --pretrained give --data (the dataset to score) and --out (where eval.json goes)")
     subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
     result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, labels=config.labels)
     out = write_eval(result, args.out or Path(args.run) / "eval", title=args.pretrained or config.model)
     print(format_markdown(result, config.model))
     print(f"wrote {out}/eval.json and eval.md")
@@ -157,7 +164,8 @@ def _seg_predict(args: argparse.Namespace) -> int:
         model = OnnxSegmenter(args.onnx)
     written = predict_folder(model, source, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
-                             save_probabilities=args.save_probabilities, progress=not args.no_progress)
+                             save_probabilities=args.save_probabilities, progress=not args.no_progress,
+                             labels=config.labels)
     from laworder.parallel import process_state
 
     if process_state().is_main_process:  # under accelerate launch every process returns here

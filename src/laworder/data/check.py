@@ -2,7 +2,8 @@
 
 Errors (``ensure_valid`` refuses the dataset): ``missing_folder``, ``unmatched_image``,
 ``unmatched_mask``, ``duplicate_stem``, ``unreadable``, ``size_mismatch``, ``not_binary``,
-``empty_dataset``, ``layout``.
+``empty_dataset``, ``layout``, ``undeclared_label`` (a multi-class mask holding a value that
+``labels.json`` / ``dataset.json`` does not declare; see ``laworder.data.labels``).
 Warnings (reported, allowed): ``empty_mask`` (allowed for training), ``low_mask_values`` (a mask
 whose maximum lies in 2..127, e.g. a label map: all of it reads as background), ``ignored_file``.
 
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from laworder.data.io import mask_levels, open_image
-from laworder.data.layouts import resolve_parts
+from laworder.data.labels import find_labels, is_multiclass, read_label_map
+from laworder.data.layouts import label_folders, resolve_parts
 from laworder.data.scan import scan_pair_folder
 from laworder.errors import DataError
 
@@ -89,7 +91,32 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _check_pair(image_path: Path, mask_path: Path, decode_images: bool) -> tuple[list[Problem], dict]:
+def _check_label_map(mask_path: Path, labels: list[str], declared_in: Path, info: dict) -> list[Problem]:
+    """A multi-class mask: every value must be a declared class (0..K-1)."""
+    try:
+        values = read_label_map(mask_path)
+    except DataError as exc:
+        return [Problem("unreadable", str(mask_path), str(exc).removeprefix(f"{mask_path}: "))]
+    problems = []
+    mask_size = (values.shape[1], values.shape[0])
+    if "image_size" in info and info["image_size"] != mask_size:
+        problems.append(Problem("size_mismatch", str(mask_path),
+                                f"mask is {mask_size[0]}×{mask_size[1]} but the image is "
+                                f"{info['image_size'][0]}×{info['image_size'][1]} (W×H)"))
+    present = np.unique(values)
+    undeclared = [int(v) for v in present if v >= len(labels)]
+    if undeclared:
+        problems.append(Problem("undeclared_label", str(mask_path),
+                                f"label value(s) {undeclared} not declared in {declared_in} "
+                                f"(declared: {', '.join(f'{i}={n}' for i, n in enumerate(labels))})"))
+    info["lesion_area"] = float(np.mean(values > 0))
+    if info["lesion_area"] == 0.0:
+        problems.append(Problem("empty_mask", str(mask_path), "no lesion pixel (allowed for training)"))
+    return problems
+
+
+def _check_pair(image_path: Path, mask_path: Path, decode_images: bool,
+                labels: tuple[list[str], Path] | None = None) -> tuple[list[Problem], dict]:
     problems: list[Problem] = []
     info: dict = {}
     try:
@@ -97,6 +124,8 @@ def _check_pair(image_path: Path, mask_path: Path, decode_images: bool) -> tuple
             info["image_size"] = image.size  # (W, H)
     except DataError as exc:
         problems.append(Problem("unreadable", str(image_path), str(exc).removeprefix(f"{image_path}: ")))
+    if labels is not None and is_multiclass(labels[0]):
+        return problems + _check_label_map(mask_path, labels[0], labels[1], info), info
     try:
         levels = mask_levels(mask_path)
     except DataError as exc:
@@ -119,7 +148,7 @@ def _check_pair(image_path: Path, mask_path: Path, decode_images: bool) -> tuple
     if 1 < peak < 128:
         problems.append(Problem("low_mask_values", str(mask_path),
                                 f"maximum value {peak} < 128, so the whole mask reads as background; "
-                                "is it a label map?"))
+                                "is it a label map? Then declare its classes in labels.json"))
     elif area == 0.0:
         problems.append(Problem("empty_mask", str(mask_path), "no lesion pixel (allowed for training)"))
     return problems, info
@@ -150,9 +179,12 @@ def check_dataset(path: str | os.PathLike, layout: str = "auto", cache_dir: str 
     start = time.perf_counter()
     try:
         layout_name, parts = resolve_parts(path, layout, cache_dir)
+        labels = find_labels(label_folders(path, parts))
     except DataError as exc:
         return CheckReport(str(path), layout, [Problem("layout", str(path), str(exc))])
     report = CheckReport(str(path), layout_name)
+    if labels is not None:
+        report.summary["labels"] = labels[0]
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     sizes: Counter = Counter()
     report.summary["parts"] = {}
@@ -171,7 +203,7 @@ def check_dataset(path: str | os.PathLike, layout: str = "auto", cache_dir: str 
             report.problems.append(Problem("empty_dataset", str(part.images),
                                            f"part {part.subset!r} has no image/mask pairs"))
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda pair: _check_pair(pair[1], pair[2], decode_images), scan.pairs))
+            results = list(pool.map(lambda pair: _check_pair(pair[1], pair[2], decode_images, labels), scan.pairs))
         areas = []
         for problems, info in results:
             report.problems += problems

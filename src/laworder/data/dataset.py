@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from laworder.data.io import read_image, read_mask
+from laworder.data.labels import read_label_map, resize_label_map
 from laworder.data.records import PairRecord
 from laworder.errors import DataError
 
@@ -27,17 +28,21 @@ def _as_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
-def load_pair(record: PairRecord, size: int | tuple[int, int] | None = None, channels: int = 3
-              ) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(record: PairRecord, size: int | tuple[int, int] | None = None, channels: int = 3,
+              num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Read one pair as ``(uint8 H×W×channels, bool H×W)``, resized to ``size`` (H, W) if given.
 
     The image is resized bilinearly (Pillow's resampling is antialiased when shrinking), the mask
-    by nearest neighbour so it stays binary.
+    by nearest neighbour so it stays binary. ``num_classes`` > 2 reads the mask as a label map
+    (``uint8`` class indices, ``laworder.data.labels.read_label_map``) instead.
 
     Raises:
-        DataError: unreadable files, or image and mask of different sizes (both paths named).
+        DataError: unreadable files, image and mask of different sizes (both paths named), or a
+            label value >= ``num_classes``.
     """
     image = read_image(record.image, channels=channels)
+    if num_classes > 2:
+        return _load_label_pair(record, image, size, channels, num_classes)
     mask = read_mask(record.mask)
     if image.shape[:2] != mask.shape:
         raise DataError(f"image {record.image} is {image.shape[1]}×{image.shape[0]} (W×H) but mask "
@@ -53,6 +58,24 @@ def load_pair(record: PairRecord, size: int | tuple[int, int] | None = None, cha
     return image, np.asarray(mask_image) >= 128
 
 
+def _load_label_pair(record: PairRecord, image: np.ndarray, size, channels: int, num_classes: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    labels = read_label_map(record.mask)
+    if image.shape[:2] != labels.shape:
+        raise DataError(f"image {record.image} is {image.shape[1]}×{image.shape[0]} (W×H) but mask "
+                        f"{record.mask} is {labels.shape[1]}×{labels.shape[0]}")
+    if labels.max() >= num_classes:
+        raise DataError(f"{record.mask}: label value {int(labels.max())} is not declared (classes 0..{num_classes - 1}); "
+                        "run `laworder data check`")
+    target = _as_hw(size)
+    if target is None or target == labels.shape:
+        return image, labels
+    height, width = target
+    source = Image.fromarray(image[..., 0] if channels == 1 else image)
+    image = np.array(source.resize((width, height), Image.Resampling.BILINEAR)).reshape(height, width, channels)
+    return image, resize_label_map(labels, target)
+
+
 class PairDataset(Dataset):
     """Image/mask pairs as tensors.
 
@@ -64,18 +87,21 @@ class PairDataset(Dataset):
         cache: keep the resized uint8 arrays in memory after the first read. Worth it for the
             polyp JPEGs (decode + resize dominates CPU epochs); each DataLoader worker process
             holds its own cache, so use it with ``num_workers=0`` or ``persistent_workers=True``.
+        num_classes: 2 (binary, the default) or K > 2: masks are label maps and the item's
+            ``mask`` holds class indices 0..K-1 (as float32, so batch augmentation treats both alike).
 
     Items: ``{"image": float32 C×H×W in [0, 1], "mask": float32 1×H×W in {0, 1}, "index": int}``.
     """
 
     def __init__(self, records: Sequence[PairRecord], size: int | tuple[int, int] | None = 256,
-                 channels: int = 3, cache: bool = False) -> None:
+                 channels: int = 3, cache: bool = False, num_classes: int = 2) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.records = list(records)
         self.size = _as_hw(size)
         self.channels = channels
         self.cache = cache
+        self.num_classes = num_classes
         self._cached: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -85,7 +111,7 @@ class PairDataset(Dataset):
         """``(uint8 H×W×C image, bool H×W mask)`` of item ``index``, resized (and cached)."""
         if index in self._cached:
             return self._cached[index]
-        pair = load_pair(self.records[index], self.size, self.channels)
+        pair = load_pair(self.records[index], self.size, self.channels, self.num_classes)
         if self.cache:
             self._cached[index] = pair
         return pair

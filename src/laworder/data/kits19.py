@@ -4,7 +4,8 @@ Input: the KiTS19 release (``case_00000/imaging.nii.gz`` + ``segmentation.nii.gz
 directly in the folder or under ``data/`` as in the kits19 repository). Labels: 0 background,
 1 kidney, 2 tumour. Cases without a segmentation (the KiTS19 test cases 210-299) are skipped.
 
-Output: ``images/case_00012_z045.png`` (8-bit grayscale), ``masks/...png`` (0/255 tumour),
+Output: ``images/case_00012_z045.png`` (8-bit grayscale), ``masks/...png`` (0/255 tumour; with
+``keep_kidney`` label maps 0 background / 1 kidney / 2 tumour declared in ``labels.json``),
 ``groups.json`` (stem -> case id, so splits keep a case on one side) and ``prepared.json``.
 
 Intensity: HU clipped to ``window`` and scaled linearly to 0..255. The default (-79, 304) is the
@@ -25,10 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from laworder.data.io import write_image, write_mask
+from laworder.data.labels import write_labels
 from laworder.errors import DataError
 
 KITS19_WINDOW = (-79.0, 304.0)
 TUMOUR_LABEL = 2
+KITS19_LABELS = ("background", "kidney", "tumour")  # label values 0, 1, 2 with keep_kidney
 PREPARE_VERSION = 1
 
 
@@ -94,7 +97,7 @@ def window_to_uint8(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 
 def _prepare_case(case_dir: Path, dst: Path, window, tumour_label: int, min_tumour_pixels: int,
-                  axis: int | None) -> list[str]:
+                  axis: int | None, keep_kidney: bool = False) -> list[str]:
     imaging = _load(_volume_file(case_dir, "imaging"))
     segmentation = _load(_volume_file(case_dir, "segmentation"))
     if imaging.shape != segmentation.shape:
@@ -102,7 +105,8 @@ def _prepare_case(case_dir: Path, dst: Path, window, tumour_label: int, min_tumo
     if len(imaging.shape) != 3:
         raise DataError(f"{case_dir}: expected 3-D volumes, got shape {imaging.shape}")
     axes = _view_axes(segmentation.affine, axis)
-    tumour = np.asanyarray(segmentation.dataobj) == tumour_label
+    labels = np.asanyarray(segmentation.dataobj)
+    tumour = labels == tumour_label
     per_slice = tumour.sum(axis=tuple(i for i in range(3) if i != axes[0]))
     slices = np.flatnonzero(per_slice >= min_tumour_pixels)
     if slices.size == 0:
@@ -116,7 +120,13 @@ def _prepare_case(case_dir: Path, dst: Path, window, tumour_label: int, min_tumo
         stem = f"{case_dir.name}_z{z:03d}"
         hu = _axial_slice(volume, int(z - slices[0]), axes)
         write_image(dst / "images" / f"{stem}.png", window_to_uint8(hu, window))
-        write_mask(dst / "masks" / f"{stem}.png", _axial_slice(tumour, z, axes))
+        if keep_kidney:  # 0 background, 1 kidney, 2 tumour (KITS19_LABELS); other values -> background
+            label_map = _axial_slice(labels, z, axes)
+            kidney = (label_map > 0) & (label_map != tumour_label)
+            write_image(dst / "masks" / f"{stem}.png",
+                        np.where(label_map == tumour_label, 2, np.where(kidney, 1, 0)).astype(np.uint8))
+        else:
+            write_mask(dst / "masks" / f"{stem}.png", _axial_slice(tumour, z, axes))
         stems.append(stem)
     return stems
 
@@ -129,6 +139,7 @@ def prepare_kits19(
     min_tumour_pixels: int = 1,
     cases: list[str] | None = None,
     axis: int | None = None,
+    keep_kidney: bool = False,
 ) -> Path:
     """Convert KiTS19 volumes in ``src`` into a pair folder ``dst`` of tumour slices.
 
@@ -141,6 +152,8 @@ def prepare_kits19(
         min_tumour_pixels: keep an axial slice when it has at least this many tumour pixels.
         cases: case folder names to convert (default: all with a segmentation).
         axis: voxel axis to slice along (default: from the affine, see the module docstring).
+        keep_kidney: write label maps (0 background, 1 kidney, 2 tumour) and their
+            ``labels.json`` instead of binary tumour masks; slices are still those with tumour.
 
     Returns:
         ``dst``, loadable with ``load_dataset(dst)`` (the ``pairs`` layout, grouped by case).
@@ -160,10 +173,12 @@ def prepare_kits19(
     meta = {"prepare_version": PREPARE_VERSION, "source": str(src.resolve()), "window": list(map(float, window)),
             "tumour_label": tumour_label, "min_tumour_pixels": min_tumour_pixels,
             "cases": [p.name for p in found], "axis": axis}
+    if keep_kidney:  # only then, so binary preparations cached before this option stay valid
+        meta["keep_kidney"] = True
     meta_path = dst / "prepared.json"
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())
-        if {k: previous.get(k) for k in meta} == meta:
+        if {k: previous.get(k) for k in meta} == meta and previous.get("keep_kidney", False) == keep_kidney:
             return dst
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"{dst}: output folder is not empty; choose a new folder for prepare_kits19")
@@ -174,12 +189,14 @@ def prepare_kits19(
         if _volume_file(case_dir, "segmentation") is None:
             skipped.append(case_dir.name)
             continue
-        for stem in _prepare_case(case_dir, dst, window, tumour_label, min_tumour_pixels, axis):
+        for stem in _prepare_case(case_dir, dst, window, tumour_label, min_tumour_pixels, axis, keep_kidney):
             groups[stem] = case_dir.name
     if not groups:
         raise DataError(f"{src}: no axial slice with tumour label {tumour_label} in {len(found)} case(s)")
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "groups.json").write_text(json.dumps(groups, indent=1) + "\n")
+    if keep_kidney:
+        write_labels(dst, list(KITS19_LABELS))
     meta.update(slices=len(groups), skipped_without_segmentation=skipped)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return dst

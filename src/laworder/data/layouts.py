@@ -3,8 +3,8 @@
 Layouts (``LAYOUTS``; ``detect_layout`` tries them in this order):
 
 ``procedural``
-    Not a folder but a spec string ``procedural[:N[:SIZE[:SEED[:TEST]]]]`` (defaults 200, 128, 0,
-    N // 4). The images are generated once into ``<cache>/procedural/<params>/`` and reused:
+    Not a folder but a spec string ``procedural[:N[:SIZE[:SEED[:TEST[:CLASSES]]]]]`` (defaults
+    200, 128, 0, N // 4, 2; CLASSES > 2 makes label maps with CLASSES - 1 lesion kinds). The images are generated once into ``<cache>/procedural/<params>/`` and reused:
     train = images 0..N-1, test subset ``procedural`` = images N..N+TEST-1 (disjoint by
     construction). ``<cache>`` is ``cache_dir``, else ``$LAWORDER_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/laworder``, else ``~/.cache/laworder``.
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from laworder.data.kits19 import find_kits19_cases, prepare_kits19
+from laworder.data.labels import find_labels
 from laworder.data.procedural import GENERATOR_VERSION, generate_procedural
 from laworder.data.records import DatasetCollection, PairRecord
 from laworder.data.scan import FolderScan, scan_pair_folder
@@ -49,7 +50,7 @@ PRANET_TEST_SUBSETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolyp
 CLINICDB_SEQUENCE_STARTS = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298, 318,
                             343, 364, 384, 409, 429, 448, 467, 479, 504, 529, 547, 572, 592)
 CLINICDB_LAST_FRAME = 612
-_PROCEDURAL_SPEC = re.compile(r"^procedural(:\d+){0,4}$")
+_PROCEDURAL_SPEC = re.compile(r"^procedural(:\d+){0,5}$")
 
 
 def clinicdb_group(stem: str) -> str:
@@ -133,17 +134,20 @@ class ProceduralLayout(Layout):
 
     def parts(self, source: str, cache_dir: Path | None = None) -> list[Part]:
         if not _PROCEDURAL_SPEC.match(source):
-            raise DataError(f"bad procedural spec {source!r}; expected procedural[:N[:SIZE[:SEED[:TEST]]]]")
+            raise DataError(f"bad procedural spec {source!r}; expected procedural[:N[:SIZE[:SEED[:TEST[:CLASSES]]]]]")
         values = [int(v) for v in source.split(":")[1:]]
         num_images, size, seed = (values + [200, 128, 0][len(values):])[:3]
         num_test = values[3] if len(values) > 3 else max(num_images // 4, 1)
+        classes = values[4] if len(values) > 4 else 2
         if num_images < 1 or num_test < 1:
             raise DataError(f"procedural spec {source!r}: N and TEST must be >= 1")
-        name = f"v{GENERATOR_VERSION}_n{num_images}_s{size}_seed{seed}_t{num_test}"
+        if classes < 2:
+            raise DataError(f"procedural spec {source!r}: CLASSES (background included) must be >= 2")
+        name = f"v{GENERATOR_VERSION}_n{num_images}_s{size}_seed{seed}_t{num_test}" + (f"_c{classes}" if classes > 2 else "")
 
         def build(folder: Path) -> None:
-            generate_procedural(folder / "train", num_images, size, seed)
-            generate_procedural(folder / "test", num_test, size, seed, start_index=num_images)
+            generate_procedural(folder / "train", num_images, size, seed, num_classes=classes)
+            generate_procedural(folder / "test", num_test, size, seed, start_index=num_images, num_classes=classes)
 
         root = _build_once(Path(cache_dir or default_cache_dir()) / "procedural" / name, build)
         return [_pair_part(root / "train", "train"), _pair_part(root / "test", "procedural", is_test=True)]
@@ -333,4 +337,15 @@ def load_dataset(path: str | os.PathLike, layout: str = "auto", cache_dir: str |
         raise DataError(f"{path} ({name} layout) is inconsistent:\n{details}\n"
                         f"Run `laworder data check {path}` for a full report.")
     label = str(path) if name == "procedural" else Path(path).resolve().name
-    return DatasetCollection(name=label, layout=name, train=train, test=test)
+    declared = find_labels(label_folders(path, parts))
+    return DatasetCollection(name=label, layout=name, train=train, test=test,
+                             labels=declared[0] if declared else None)
+
+
+def label_folders(path: str | os.PathLike, parts: list[Part]) -> list[Path]:
+    """Where a dataset may declare its classes: its root, then each part's folder."""
+    folders = [Path(path)] if Path(path).is_dir() else []
+    for part in parts:
+        if part.masks.parent not in folders:
+            folders.append(part.masks.parent)
+    return folders

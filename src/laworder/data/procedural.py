@@ -28,6 +28,8 @@ from laworder.errors import DataError
 
 GENERATOR_VERSION = 1
 AREA_RANGE = (0.008, 0.11)
+# RGB tints of lesion kinds 1, 2, ... in multi-class datasets (kind 1 keeps the binary look).
+CLASS_TINTS = ((0.0, 0.0, 0.0), (-0.30, 0.12, 0.28), (0.05, 0.30, -0.20), (0.25, -0.20, 0.25))
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -64,8 +66,16 @@ def _lesion_shape(rng: np.random.Generator, size: int, area_px: float) -> np.nda
     return shape
 
 
-def procedural_pair(index: int, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``index`` of the procedural dataset: ``(uint8 size×size×3, bool size×size)``."""
+def procedural_pair(index: int, size: int = 128, seed: int = 0, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of the procedural dataset: ``(uint8 size×size×3, bool size×size)``.
+
+    ``num_classes`` > 2 (background included) returns a ``uint8`` label map instead of the bool
+    mask: each lesion gets a kind 1..K-1 (drawn from a separate stream, so the geometry equals the
+    binary image's) with its own colour tint (``CLASS_TINTS``). ``num_classes=2`` is the binary
+    dataset, unchanged.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes (background included) must be >= 2, got {num_classes}")
     if size < 16:
         raise ValueError(f"procedural images need size >= 16, got {size}")
     if index < 0 or seed < 0:
@@ -87,8 +97,13 @@ def procedural_pair(index: int, size: int = 128, seed: int = 0) -> tuple[np.ndar
     total_area = np.exp(rng.uniform(np.log(AREA_RANGE[0]), np.log(AREA_RANGE[1])))
     shares = 0.5 / count + 0.5 * rng.dirichlet(np.full(count, 2.0))  # no lesion below half a fair share
     mask = np.zeros((size, size), dtype=bool)
-    for share in shares:
-        mask |= _lesion_shape(rng, size, total_area * share * size * size)
+    kinds = np.random.default_rng([seed, index, 1]).integers(1, num_classes, size=count) if num_classes > 2 else None
+    labels = np.zeros((size, size), dtype=np.uint8)
+    for lesion, share in enumerate(shares):
+        shape = _lesion_shape(rng, size, total_area * share * size * size)
+        mask |= shape
+        if kinds is not None:
+            labels[shape] = kinds[lesion]
 
     # Lesion look: shifted colour, a finer grain and dome shading (brighter towards the centre).
     shift = rng.normal(size=3)
@@ -96,7 +111,11 @@ def procedural_pair(index: int, size: int = 128, seed: int = 0) -> tuple[np.ndar
     depth = ndimage.distance_transform_edt(mask)
     dome = depth / (depth.max() + 1e-8)
     grain = 0.07 * _smooth_noise(rng, size, 0.7)
-    lesion = (tissue + shift)[None, None, :] * (illumination + 0.6 * texture + grain + 0.12 * dome)[..., None]
+    colour = (tissue + shift)[None, None, :]
+    if kinds is not None:  # the lesion kind shows as a colour tint
+        tints = np.array([(0.0, 0.0, 0.0)] + [CLASS_TINTS[(k - 1) % len(CLASS_TINTS)] for k in range(1, num_classes)])
+        colour = colour + ndimage.gaussian_filter(tints[labels], (0.8, 0.8, 0))
+    lesion = colour * (illumination + 0.6 * texture + grain + 0.12 * dome)[..., None]
     alpha = ndimage.gaussian_filter(mask.astype(np.float64), 0.8)[..., None]
     image = (1 - alpha) * image + alpha * lesion
     vessel_strength = 0.35 * (1 - 0.7 * alpha[..., 0]) * vessels
@@ -113,7 +132,7 @@ def procedural_pair(index: int, size: int = 128, seed: int = 0) -> tuple[np.ndar
 
     image += 0.012 * rng.standard_normal(image.shape)
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    return pixels, mask
+    return pixels, (mask if kinds is None else labels)
 
 
 def procedural_stem(index: int) -> str:
@@ -121,12 +140,15 @@ def procedural_stem(index: int) -> str:
 
 
 def generate_procedural(
-    root: str | os.PathLike, num_images: int = 200, size: int = 128, seed: int = 0, start_index: int = 0
+    root: str | os.PathLike, num_images: int = 200, size: int = 128, seed: int = 0, start_index: int = 0,
+    num_classes: int = 2,
 ) -> Path:
     """Write images ``start_index .. start_index+num_images-1`` as a pair folder and return ``root``.
 
     Layout: ``root/images/proc_00000.png``, ``root/masks/proc_00000.png`` (0/255) and
     ``root/procedural.json`` (the parameters). Same arguments give byte-identical files.
+    ``num_classes`` > 2: masks are label maps (values 0..K-1) declared in ``root/labels.json``
+    (background, lesion_1, lesion_2, ...).
 
     Raises:
         DataError: ``root/images`` or ``root/masks`` already holds files this call would not
@@ -142,10 +164,18 @@ def generate_procedural(
         if foreign:
             raise DataError(f"{folder}: holds files from another dataset ({foreign[:5]}...); use an empty folder")
     for offset, stem in enumerate(stems):
-        pixels, mask = procedural_pair(start_index + offset, size=size, seed=seed)
+        pixels, mask = procedural_pair(start_index + offset, size=size, seed=seed, num_classes=num_classes)
         write_image(root / "images" / f"{stem}.png", pixels)
-        write_mask(root / "masks" / f"{stem}.png", mask)
+        if num_classes > 2:
+            write_image(root / "masks" / f"{stem}.png", mask)  # label map: one 8-bit channel of class indices
+        else:
+            write_mask(root / "masks" / f"{stem}.png", mask)
     meta = {"generator_version": GENERATOR_VERSION, "num_images": num_images, "size": size, "seed": seed,
             "start_index": start_index}
+    if num_classes > 2:
+        from laworder.data.labels import write_labels
+
+        meta["num_classes"] = num_classes
+        write_labels(root, ["background"] + [f"lesion_{k}" for k in range(1, num_classes)])
     (root / "procedural.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root

@@ -34,12 +34,15 @@ class DatasetCollection:
         layout: the layout that read it (``pairs``, ``pranet``, ``brisc``, ``kits19``, ``procedural``).
         train: the training pairs (split further into train/val with ``train_val_split``).
         test: test subsets by name, in the layout's canonical order; may be empty.
+        labels: declared class names, index = label value (``laworder.data.labels``); ``None``
+            for an undeclared (binary) dataset.
     """
 
     name: str
     layout: str
     train: list[PairRecord]
     test: dict[str, list[PairRecord]] = field(default_factory=dict)
+    labels: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.train) + sum(len(records) for records in self.test.values())

@@ -5,9 +5,10 @@ Layout written (nnU-Net v2 ``documentation/dataset_format.md``; natural 2D image
 ``channel_names`` ``{"0": "R", "1": "G", "2": "B"}``)::
 
     <out_root>/Dataset501_Polyps/
-      dataset.json                 channel_names, labels {background: 0, lesion: 1}, numTraining, file_ending
+      dataset.json                 channel_names, labels {background: 0, lesion: 1} (or the dataset's
+                                   declared classes, laworder.data.labels), numTraining, file_ending
       imagesTr/<case>_0000.png     RGB (or grayscale with channels=1), no alpha
-      labelsTr/<case>.png          8-bit grayscale, values 0/1
+      labelsTr/<case>.png          8-bit grayscale, values 0/1 (0..K-1 for K declared classes)
       imagesTs/, labelsTs/         the dataset's test subsets (<subset>_<stem>), unused by nnU-Net training
       laworder_splits_final.json   5 folds whose validation cases are real only (see below)
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from laworder.data.dataset import load_pair
 from laworder.data.io import open_image, write_image
+from laworder.data.labels import is_multiclass
 from laworder.data.layouts import load_dataset
 from laworder.data.records import PairRecord
 from laworder.errors import ConfigError, DataError, RunDirError
@@ -78,10 +80,11 @@ def _pool_cases(extra: list[str], extra_limit: int | None) -> list[Case]:
     return cases
 
 
-def _write_case(case: Case, images_dir: Path, labels_dir: Path, channels: int, image_size: int | None) -> None:
-    image, mask = load_pair(case.record, image_size, channels)
+def _write_case(case: Case, images_dir: Path, labels_dir: Path, channels: int, image_size: int | None,
+                num_classes: int = 2) -> None:
+    image, mask = load_pair(case.record, image_size, channels, num_classes)
     write_image(images_dir / f"{case.case_id}_0000{FILE_ENDING}", image)  # H×W×3 RGB or H×W grey, no alpha
-    write_image(labels_dir / f"{case.case_id}{FILE_ENDING}", mask.astype(np.uint8))  # values 0/1
+    write_image(labels_dir / f"{case.case_id}{FILE_ENDING}", mask.astype(np.uint8))  # values 0/1, or 0..K-1
 
 
 def real_only_folds(real: list[Case], synthetic: list[Case], num_folds: int = 5, seed: int = 0) -> list[dict]:
@@ -144,13 +147,19 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
                   for subset, records in collection.test.items() for r in records] if include_test else []
     _unique_cases(test_cases, f"{real} test subsets")
 
+    # The dataset's declared classes (laworder.data.labels) become nnU-Net's labels; binary: background/lesion.
+    names = collection.labels if is_multiclass(collection.labels) else list(LABELS)
+    if is_multiclass(names):
+        for pool in extra:
+            if load_dataset(pool, "auto").labels != names:
+                raise DataError(f"extra pool {pool} does not declare the classes {names} of {real}")
     for case in training:
-        _write_case(case, folder / "imagesTr", folder / "labelsTr", channels, image_size)
+        _write_case(case, folder / "imagesTr", folder / "labelsTr", channels, image_size, len(names))
     for case in test_cases:
-        _write_case(case, folder / "imagesTs", folder / "labelsTs", channels, image_size)
+        _write_case(case, folder / "imagesTs", folder / "labelsTs", channels, image_size, len(names))
     dataset_json = {
         "channel_names": CHANNEL_NAMES[channels],
-        "labels": LABELS,
+        "labels": {name: value for value, name in enumerate(names)},
         "numTraining": len(training),
         "file_ending": FILE_ENDING,
         "overwrite_image_reader_writer": "NaturalImage2DIO",

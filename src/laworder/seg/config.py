@@ -38,6 +38,9 @@ class SegTrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     threshold: float = 0.5
+    # Class names, index = label value. Empty: taken from the dataset's labels.json / dataset.json
+    # (binary when it declares none) and saved here with the run. K > 2 names = multi-class.
+    labels: list[str] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache: bool = True
     check_data: bool = True

@@ -12,10 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from laworder.data.dataset import PairDataset
+from laworder.data.labels import is_multiclass
 from laworder.data.layouts import load_dataset
 from laworder.data.records import PairRecord
 from laworder.errors import DataError
 from laworder.metrics.overlap import dice_iou_per_image
+from laworder.seg.classes import per_class_scores, predict_labels, score_rows
 
 
 @dataclass
@@ -39,38 +41,43 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], image_size: int,
                      channels: int = 3, threshold: float = 0.5, batch_size: int = 16,
-                     device: str | torch.device = "cpu", progress: bool = False) -> EvalResult:
+                     device: str | torch.device = "cpu", progress: bool = False,
+                     labels: list[str] | None = None) -> EvalResult:
     """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest).
 
-    ``progress`` shows a tqdm bar per subset (batches)."""
+    ``progress`` shows a tqdm bar per subset (batches). ``labels`` with K > 2 class names scores
+    a multi-class model (``laworder.seg.classes``): each row and summary also holds
+    ``dice_<class>``/``iou_<class>``, and ``dice``/``iou`` are the means over the classes."""
     if not subsets or not any(subsets.values()):
         raise DataError("nothing to evaluate: the dataset has no test subsets (give --subset or a pair folder)")
+    multiclass = is_multiclass(labels)
     model = model.to(device).eval()
     result = EvalResult()
     for subset, records in subsets.items():
         if not records:
             continue
-        loader = DataLoader(PairDataset(records, image_size, channels), batch_size=batch_size, shuffle=False)
+        dataset = PairDataset(records, image_size, channels, num_classes=len(labels) if multiclass else 2)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         rows = []
         if progress:
             from tqdm.auto import tqdm
 
             loader = tqdm(loader, desc=f"evaluate {subset}", unit="batch", dynamic_ncols=True)
         for batch in loader:
+            if multiclass:
+                pred = predict_labels(model(batch["image"].to(device)))
+                scores = score_rows(per_class_scores(pred, batch["mask"], labels))
+                rows += [{"stem": records[index].stem, **row} for index, row in zip(batch["index"].tolist(), scores)]
+                continue
             probs = predict_probabilities(model, batch["image"].to(device))
             dice, iou = dice_iou_per_image(probs >= threshold, batch["mask"].to(device) > 0.5)
             for index, d, i in zip(batch["index"].tolist(), dice.tolist(), iou.tolist()):
                 rows.append({"stem": records[index].stem, "dice": d, "iou": i})
         result.per_image[subset] = rows
-        result.subsets[subset] = {
-            "dice": sum(r["dice"] for r in rows) / len(rows),
-            "iou": sum(r["iou"] for r in rows) / len(rows),
-            "n": len(rows),
-        }
-    result.mean = {
-        "dice": sum(s["dice"] for s in result.subsets.values()) / len(result.subsets),
-        "iou": sum(s["iou"] for s in result.subsets.values()) / len(result.subsets),
-    }
+        keys = [k for k in rows[0] if k != "stem"]
+        result.subsets[subset] = {**{k: sum(r[k] for r in rows) / len(rows) for k in keys}, "n": len(rows)}
+    keys = [k for k in next(iter(result.subsets.values())) if k != "n"]
+    result.mean = {k: sum(s[k] for s in result.subsets.values()) / len(result.subsets) for k in keys}
     return result
 
 
@@ -92,7 +99,14 @@ def format_markdown(result: EvalResult, title: str = "") -> str:
     head = ["Model"] + [f"{n} {m}" for n in names for m in ("Dice", "IoU")] + ["Mean Dice", "Mean IoU"]
     row = [title or "model"] + [f"{100 * result.subsets[n][m]:.1f}" for n in names for m in ("dice", "iou")]
     row += [f"{100 * result.mean['dice']:.1f}", f"{100 * result.mean['iou']:.1f}"]
-    return "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
+    table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
+    classes = [k.removeprefix("dice_") for k in result.mean if k.startswith("dice_")]
+    if classes:  # multi-class: Dice/IoU of each class per subset, in percent
+        table += "\n| Subset | " + " | ".join(f"{c} Dice | {c} IoU" for c in classes) + " |\n|" + "---|" * (1 + 2 * len(classes)) + "\n"
+        for name, scores in [*result.subsets.items(), ("mean", result.mean)]:
+            table += f"| {name} | " + " | ".join(f"{100 * scores[f'dice_{c}']:.1f} | {100 * scores[f'iou_{c}']:.1f}"
+                                                 for c in classes) + " |\n"
+    return table
 
 
 def write_eval(result: EvalResult, out_dir: str | Path, title: str = "") -> Path:

@@ -9,6 +9,7 @@ from torch import nn
 from laworder.config import from_dict, load_yaml
 from laworder.errors import MissingWeightsError
 from laworder.models import create_model
+from laworder.seg.classes import model_class_kwargs
 from laworder.seg.config import SegTrainConfig
 from laworder.training.checkpoint import load_weights
 
@@ -28,7 +29,8 @@ def load_segmenter(run_dir: str | Path, which: str = "best") -> tuple[nn.Module,
     for name in candidates:
         weights = run_dir / "model" / name / "model.safetensors"
         if weights.is_file():
-            model = create_model(config.model, in_channels=config.channels, **config.model_kwargs)
+            model = create_model(config.model, in_channels=config.channels, **model_class_kwargs(config.labels),
+                                 **config.model_kwargs)
             load_weights(model, weights)
             return model.eval(), config
     raise MissingWeightsError(f"no weights in {run_dir}/model/{{{','.join(candidates)}}}/model.safetensors; did training finish?")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from laworder import parallel
 from laworder.data.io import IMAGE_EXTENSIONS, read_image, write_image, write_mask
+from laworder.data.labels import is_multiclass, write_labels
 from laworder.errors import ConfigError, DataError
 
 RESIZE_MODES = ("squash", "pad", "sliding")
@@ -124,7 +125,8 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | Path | Sequence[Path], out_dir: str | Path,
                    image_size: int, channels: int = 3, threshold: float = 0.5, write_overlays: bool = True,
                    resize: str = "squash", tta: bool = False, save_probabilities: bool = False,
-                   progress: bool = False, device: str | torch.device | None = None) -> list[Path]:
+                   progress: bool = False, device: str | torch.device | None = None,
+                   labels: list[str] | None = None) -> list[Path]:
     """Segment every image in ``source`` (a folder, one file, or a list of files).
 
     Writes ``masks/<stem>.png`` at the image's own size (binary: 0/255; K classes: the class
@@ -132,6 +134,8 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     ``write_overlays`` is off, and with ``save_probabilities`` ``probabilities/<stem>.npz``
     holding ``probabilities``: float32 ``K×H×W`` with the background as channel 0 (binary: 2×H×W).
     ``threshold`` applies to the binary foreground probability only (K classes take the argmax).
+    ``labels`` (the run's class names): with K > 2 they are written to ``out_dir/labels.json``,
+    so the masks folder reads back as a declared label dataset.
 
     Under ``accelerate launch`` each process segments every N-th image into the same ``out_dir``
     (``laworder.parallel``) on its own device; every process returns the full list of masks.
@@ -158,12 +162,12 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
         target = out_dir / "masks" / f"{path.stem}.png"
         if logits.shape[1] == 1:
             prob = torch.sigmoid(logits)
-            labels = (prob[0, 0] >= threshold).cpu().numpy()
-            write_mask(target, labels)
+            predicted = (prob[0, 0] >= threshold).cpu().numpy()
+            write_mask(target, predicted)
         else:
             prob = torch.softmax(logits, dim=1)
-            labels = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
-            write_image(target, labels)
+            predicted = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
+            write_image(target, predicted)
         written.append(target)
         if save_probabilities:
             target_npz = out_dir / "probabilities" / f"{path.stem}.npz"
@@ -171,8 +175,10 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
             np.savez_compressed(target_npz, probabilities=probabilities(logits)[0].cpu().numpy().astype(np.float32))
         if write_overlays:
             rgb = image if image.shape[2] == 3 else np.repeat(image[..., :1], 3, axis=2)
-            picture = overlay(rgb, labels) if labels.dtype == bool else overlay_labels(rgb, labels)
+            picture = overlay(rgb, predicted) if predicted.dtype == bool else overlay_labels(rgb, predicted)
             write_image(out_dir / "overlays" / f"{path.stem}.png", picture)
+    if is_multiclass(labels) and state.is_main_process:
+        write_labels(out_dir, labels)
     written = parallel.gather(written, state)
     parallel.wait(state)
     order = {path.stem: index for index, path in enumerate(all_files)}

@@ -65,8 +65,9 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
         run_json = Path(seed_config.loop.output_dir) / "run.json"
         if not (config.loop.resume and run_finished(run_json)):
             train_segmenter(seed_config)
-        model, _ = load_segmenter(seed_config.loop.output_dir, "best")
-        ev = evaluate_records(model, test_sets, config.image_size, config.channels, config.threshold)
+        model, run_config = load_segmenter(seed_config.loop.output_dir, "best")
+        ev = evaluate_records(model, test_sets, config.image_size, config.channels, config.threshold,
+                              labels=run_config.labels)
         write_eval(ev, seed_config.loop.output_dir, f"{config.model} seed {seed}")
         evals.append(ev)
     result = summarise(config.model, list(seeds), evals)

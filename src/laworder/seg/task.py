@@ -10,6 +10,8 @@ from torch import nn
 
 from laworder.data.transforms import augment_batch
 from laworder.metrics.overlap import dice_iou_per_image
+from laworder.data.labels import is_multiclass
+from laworder.seg.classes import dice_ce_loss, per_class_scores, predict_labels, score_rows
 from laworder.seg.config import AugmentConfig
 from laworder.seg.losses import bce_dice_loss
 from laworder.training.task import StepOutput, TrainTask
@@ -21,13 +23,18 @@ NO_POSITIVE_WARN_AFTER = 3
 
 
 class SegTask(TrainTask):
-    """images ``B×C×H×W`` in [0,1], masks ``B×1×H×W`` -> BCE+Dice on the model's logits."""
+    """images ``B×C×H×W`` in [0,1], masks ``B×1×H×W`` -> BCE+Dice on the model's logits.
+
+    ``labels`` with K > 2 class names: masks hold class indices, the loss is softmax Dice-CE and
+    validation scores each class (``laworder.seg.classes``); ``val_dice`` is their mean.
+    """
 
     def __init__(self, model: nn.Module, augment: AugmentConfig, bce_weight: float = 1.0,
-                 dice_weight: float = 1.0, threshold: float = 0.5):
+                 dice_weight: float = 1.0, threshold: float = 0.5, labels: list[str] | None = None):
         self.modules = {"model": model}
         self.augment = augment
-        self.loss_fn = bce_dice_loss(bce_weight, dice_weight)
+        self.labels = list(labels) if is_multiclass(labels) else None
+        self.loss_fn = dice_ce_loss(bce_weight, dice_weight) if self.labels else bce_dice_loss(bce_weight, dice_weight)
         self.threshold = threshold
         self.no_positive_streak = 0  # consecutive validations that predicted no positive pixel
 
@@ -46,6 +53,8 @@ class SegTask(TrainTask):
         return StepOutput(loss=loss)
 
     def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
+        if self.labels:
+            return self._validate_classes(loader)
         model = self.unwrapped("model")
         dices, ious, losses = [], [], []
         positive, pixels = 0, 0
@@ -70,3 +79,13 @@ class SegTask(TrainTask):
                 "val_loss": sum(losses) / len(dice_all),
                 "val_positive_fraction": positive / max(1, pixels),
                 "val_no_positive_streak": self.no_positive_streak}
+
+    def _validate_classes(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
+        model = self.unwrapped("model")
+        rows, loss_sum = [], 0.0
+        for batch in loader:
+            logits = model(batch["image"])
+            loss_sum += float(self.loss_fn(logits, batch["mask"])) * len(logits)
+            rows += score_rows(per_class_scores(predict_labels(logits), batch["mask"], self.labels))
+        logs = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0]}
+        return {f"val_{key}": value for key, value in logs.items()} | {"val_loss": loss_sum / len(rows)}

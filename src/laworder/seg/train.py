@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate.utils import set_seed
@@ -16,8 +16,10 @@ from laworder.data.dataset import PairDataset
 from laworder.data.layouts import load_dataset
 from laworder.data.records import PairRecord
 from laworder.data.splits import save_split, train_val_split
-from laworder.errors import DataError
+from laworder.data.labels import is_multiclass, parse_labels
+from laworder.errors import ConfigError, DataError
 from laworder.models import create_model
+from laworder.seg.classes import model_class_kwargs
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.task import SegTask
 from laworder.training import FitResult, fit
@@ -37,12 +39,25 @@ class SegRun:
     model: nn.Module  # the trained network (last step, unwrapped, on the training device)
 
 
+def run_labels(config: SegTrainConfig, declared: list[str] | None) -> list[str]:
+    """The run's class names: ``config.labels`` if set (it must match a dataset declaration),
+    else the dataset's (``[]`` for an undeclared binary dataset)."""
+    if config.labels and declared and list(config.labels) != list(declared):
+        raise ConfigError(f"labels {config.labels} differ from the classes {declared} that {config.data} declares")
+    if config.labels:
+        parse_labels({name: value for value, name in enumerate(config.labels)}, "labels")
+    return list(config.labels or declared or [])
+
+
 def _extra_records(config: SegTrainConfig) -> list[PairRecord]:
     extra: list[PairRecord] = []
     for folder in config.extra_train:
         if config.check_data:
             ensure_valid(folder, "auto")
-        extra.extend(load_dataset(folder, "auto").train)
+        pool = load_dataset(folder, "auto")
+        if is_multiclass(config.labels) and pool.labels != config.labels:
+            raise DataError(f"extra_train {folder} declares classes {pool.labels}, the run has {config.labels}")
+        extra.extend(pool.train)
     if config.extra_limit is not None:
         if config.extra_limit > len(extra):
             raise DataError(f"extra_limit={config.extra_limit} is larger than the extra pool ({len(extra)} pairs in {config.extra_train})")
@@ -60,18 +75,22 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
     if config.check_data:
         ensure_valid(config.data, config.layout)
     collection = load_dataset(config.data, config.layout)
+    config = replace(config, labels=run_labels(config, collection.labels))
+    num_classes = len(config.labels) if is_multiclass(config.labels) else 2
     split_seed = loop.seed if config.split_seed is None else config.split_seed
     train_records, val_records = train_val_split(collection.train, config.val_fraction, split_seed)
     extra = _extra_records(config)
 
     set_seed(loop.seed)  # model initialisation depends on it
-    model = create_model(config.model, in_channels=config.channels, **config.model_kwargs)
-    task = SegTask(model, config.augment, config.bce_weight, config.dice_weight, config.threshold)
+    model = create_model(config.model, in_channels=config.channels, **model_class_kwargs(config.labels), **config.model_kwargs)
+    task = SegTask(model, config.augment, config.bce_weight, config.dice_weight, config.threshold, config.labels)
 
-    train_set = PairDataset(train_records, config.image_size, config.channels, cache=config.cache)
+    train_set = PairDataset(train_records, config.image_size, config.channels, cache=config.cache, num_classes=num_classes)
     if extra:
-        train_set = ConcatDataset([train_set, PairDataset(extra, config.image_size, config.channels, cache=config.cache)])
-    val_set = PairDataset(val_records, config.image_size, config.channels, cache=config.cache) if val_records else None
+        train_set = ConcatDataset([train_set, PairDataset(extra, config.image_size, config.channels, cache=config.cache,
+                                                          num_classes=num_classes)])
+    val_set = (PairDataset(val_records, config.image_size, config.channels, cache=config.cache, num_classes=num_classes)
+               if val_records else None)
 
     result = fit(task, train_set, loop, val_dataset=val_set, run_config=config)
     run_dir = Path(loop.output_dir)
