@@ -80,9 +80,14 @@ PLAN: dict[str, Any] = {
 }
 
 
-def tiny_plan() -> dict[str, Any]:
-    """The same protocol on the built-in procedural data at toy sizes (seconds per piece)."""
+def tiny_plan(arms: list[str] | None = None) -> dict[str, Any]:
+    """The same protocol on the built-in procedural data at toy sizes (seconds per piece);
+    ``arms`` keeps only those arms (and the comparisons between them)."""
     plan = deepcopy(PLAN)
+    if arms is not None:
+        plan["arms"] = {name: ARMS[name] for name in arms}
+        for key in ("comparisons", "decisive"):
+            plan["stats"][key] = [pair for pair in plan["stats"][key] if set(pair) <= set(arms)]
     plan.update(data="procedural:24:32:0:6", test_subsets=["procedural"], resolution=32)
     plan["vae"].update(max_steps=2, batch_size=4, set=["block_out_channels=[8,16,16]", "norm_num_groups=8",
                                                       "val_images=4", "scale_images=8"])
@@ -414,10 +419,26 @@ def markdown(results: dict) -> str:
                   + " / ".join(f"{law['delta']['true'][r]:.3f}" if law['delta']['true'][r] is not None else "-"
                                for r in ("lesion", "boundary", "background"))
                   + f"; |δ(own ε̂) − δ(another image's ε̂, same mask)| = {law['delta_other_image']['mean_abs_difference']:.4f}; "
-                  f"final lesion:background weight {law['contrast']['final']} vs ratio {law['contrast']['references']['ratio_pooled']:.1f} "
+                  f"final lesion:background weight {law['contrast']['final'] or float('nan'):.2f} vs ratio {law['contrast']['references']['ratio_pooled']:.1f} "
                   f"and LAW-with-δ=m {law['contrast']['references']['law_delta_equals_mask_pooled']:.1f} (law_analysis.png)"]
     lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
     return "\n".join(lines)
+
+
+def run_pieces(bench: Bench, until: str | None = None) -> list[str]:
+    """Do every unfinished piece in order (up to ``until``); returns the names it did."""
+    ran = []
+    for name, piece in bench.pieces():
+        if bench.done(name) is None:
+            print(f"[synth_fair] piece {name}", flush=True)
+            started = time.time()
+            record = piece()
+            record.setdefault("piece_seconds", time.time() - started)
+            bench.finish(name, record)
+            ran.append(name)
+        if name == until:
+            break
+    return ran
 
 
 def main() -> int:
@@ -444,15 +465,7 @@ def main() -> int:
             print(f"{'done ' if bench.done(name) else 'todo '} {name}")
         return 0
     if args.action == "run":
-        for name, piece in bench.pieces():
-            if bench.done(name) is None:
-                print(f"[synth_fair] piece {name}", flush=True)
-                started = time.time()
-                record = piece()
-                record.setdefault("piece_seconds", time.time() - started)
-                bench.finish(name, record)
-            if name == args.until:
-                break
+        run_pieces(bench, args.until)
     analyse(bench, command)
     print(f"[synth_fair] results: {out / 'results.md'}", flush=True)
     return 0

@@ -85,3 +85,26 @@ def test_the_analysis_reports_cis_and_applies_the_decision_rule(fair, tmp_path):
     assert "only 2 training seed(s)" in against_uniform["seeds_note"]
     text = fair.markdown(dict(results, command="test", decision_rule="rule", pieces_done=[]))
     assert "| law − uniform | 10 |" in text and "wins" in text
+
+
+def test_the_tiny_protocol_runs_end_to_end_and_resumes(fair, tmp_path):
+    plan = fair.tiny_plan(arms=["uniform", "law"])
+    plan["sampling"]["cfg"] = [10.0]
+    bench = fair.Bench(plan, tmp_path)
+    assert fair.run_pieces(bench, until="base") == ["vae", "judge_order", "judge", "vae_check", "base"]
+    ran = fair.run_pieces(bench)
+    assert ran[0] == "arm_uniform_seed0" and len(ran) == len(bench.pieces()) - 5
+    assert bench.done("vae_check")["result"] and bench.done("judge")["ceiling"]["images"] == 6
+    law = bench.done("arm_law_seed0")
+    assert law["probe"] and {"probe_gap_lesion", "probe_gap_background"} <= set(law["probe"][0])
+    pool = bench.done(fair.pool_name("law", 1, 0, 10.0, 1.0))
+    assert len(pool["per_image"]["procedural"]) == 6 and "boundary_f" in pool["per_image"]["procedural"][0]
+    sweep = bench.done(fair.pool_name("uniform", 0, 0, 10.0, 2.0))
+    assert sweep["mask_guidance"] == 2.0
+    results = fair.analyse(bench, "test")
+    assert [c["comparator"] for c in results["comparisons"]] == ["uniform"]
+    assert results["comparisons"][0]["decision"]["verdict"]
+    assert results["law_analysis"]["delta_other_image"]["mean_abs_difference"] >= 0
+    for name in ("results.json", "results.md", "probe.png", "law_analysis.png"):
+        assert (tmp_path / name).is_file()
+    assert fair.run_pieces(bench) == []  # finished pieces are never redone
