@@ -62,6 +62,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the run folders")
     parser.add_argument("--list", action="store_true", help="print the job order and each run's state")
+    parser.add_argument("--title", default="Segmentation protocol",
+                        help="table heading; the table goes to <out>.md/.json beside the --out folder")
     parser.add_argument("--profile-repeats", type=int, default=30,
                         help="batch-1 latency: minimum over this many interleaved calls per model")
     return parser.parse_args()
@@ -97,8 +99,10 @@ def git_commit() -> str:
 
 
 def command_for(args: argparse.Namespace) -> str:
+    extra = "" if Path(args.out).name == "seg_protocol" else f" --out bench/results/{Path(args.out).name}"
+    extra += f" --models {' '.join(args.models)} --seeds {' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}"
     return ("OMP_NUM_THREADS=1 python bench/seg_protocol.py --resume "
-            f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr}")
+            f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g}{extra}")
 
 
 def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: int) -> None:
@@ -256,15 +260,17 @@ def write_table(args: argparse.Namespace) -> dict:
              "diff_iou": by_seed[("order", s)]["mean"]["iou"] - by_seed[("mk_unet", s)]["mean"]["iou"]}
             for s in args.seeds if ("order", s) in by_seed and ("mk_unet", s) in by_seed]
     table = format_table(payload)
-    header = (f"# Segmentation protocol at {args.image_size}² (Table 12 recipe, CPU, one thread per run)\n\n"
+    paper = args.epochs == 100 and args.lr == 1e-4 and args.max_steps is None
+    recipe = "Table 12 recipe" if paper else f"NOT the paper protocol: {args.epochs} epochs, lr {args.lr:g}"
+    header = (f"# {args.title} at {args.image_size}² ({recipe}, CPU, one thread per run)\n\n"
               f"Command: `{payload['command']}` (then `python bench/seg_protocol.py --table`)\n\n"
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
               "BCE + Dice, h/v flips and ±90° rotations, a fresh 90/10 train/val split per seed, best validation "
               f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
               f"Latency: batch 1, {args.image_size}², minimum of {args.profile_repeats} interleaved calls, "
               f"{payload['profile'][models[0]]['threads'] if models else 1} thread(s), on a shared 2-core machine.\n\n")
-    (out.parent / "seg_protocol.md").write_text(header + table)
-    (out.parent / "seg_protocol.json").write_text(json.dumps(payload, indent=2))
+    (out.parent / f"{out.name}.md").write_text(header + table)
+    (out.parent / f"{out.name}.json").write_text(json.dumps(payload, indent=2))
     return payload
 
 
@@ -295,7 +301,7 @@ def main() -> None:
             trained += 1
             write_table(args)
     payload = write_table(args)
-    print((out.parent / "seg_protocol.md").read_text())
+    print((out.parent / f"{out.name}.md").read_text())
     done = sum(c["state"] == "finished" for c in payload["cells"])
     print(f"[seg_protocol] {done}/{len(payload['cells'])} runs finished", flush=True)
 

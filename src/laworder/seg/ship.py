@@ -39,7 +39,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def ship_run(run_dir: str | Path, dest_root: str | Path, dataset: str, kind: str, description: str,
-             command: str, which: str = "best", terms: str | None = None) -> PretrainedWeights:
+             command: str, which: str = "best", terms: str | None = None,
+             source_name: str | None = None) -> PretrainedWeights:
     """Package ``run_dir``'s ``which`` weights as ``<dest_root>/<model>-<dataset>/`` and return the entry.
 
     Args:
@@ -49,6 +50,7 @@ def ship_run(run_dir: str | Path, dest_root: str | Path, dataset: str, kind: str
         description: one paragraph on how the weights were trained (goes on the card).
         command: the exact command that produced the run.
         terms: the data's terms; default: :data:`DATA_TERMS` for ``dataset``.
+        source_name: how the card names the run folder (default: ``run_dir`` as given).
 
     Raises:
         MissingWeightsError: the run has no such weights.
@@ -92,7 +94,7 @@ def ship_run(run_dir: str | Path, dest_root: str | Path, dataset: str, kind: str
         "data": data, "training": to_dict(config), "command": command,
         "code_commits": [s.get("commit") for s in provenance.get("sessions", [])],
         "terms": terms or DATA_TERMS.get(dataset, "See the dataset's own terms of use."),
-        "weights": {"file": WEIGHTS_FILE, "which": which, "source_run": str(run_dir)},
+        "weights": {"file": WEIGHTS_FILE, "which": which, "source_run": source_name or str(run_dir)},
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     (folder / CARD_FILE).write_text(format_card(meta))
