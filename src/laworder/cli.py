@@ -1,7 +1,8 @@
-"""``laworder`` command line: thin wrappers that parse arguments, call the API and print.
+"""laworder command line: thin wrappers that parse arguments, call the API and print.
 
-Every training command takes ``--config FILE.yaml`` plus ``--set key.sub=value`` overrides
-(and a few common shortcuts such as ``--epochs``); the resolved config is saved in the run.
+Every training command takes --config (a YAML file or a packaged name such as polyps_paper)
+plus --set key.sub=value overrides and first-class flags for the common ones (--epochs, --lr,
+--mixed-precision, --resume ...); the resolved config is saved in the run.
 """
 
 from __future__ import annotations
@@ -18,25 +19,46 @@ from laworder.errors import LaworderError
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
 
-def _common_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (dataclass defaults otherwise)")
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file, or a packaged config by name (e.g. polyps_paper; "
+                                         "default: the dataclass defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set loop.lr=3e-4 (repeatable)")
+
+
+def _common_run_options(parser: argparse.ArgumentParser) -> None:
+    from laworder.training.tracking import REPORT_TO
+
+    _config_options(parser)
     parser.add_argument("--output", "-o", help="run folder (loop.output_dir)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate (loop.lr)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (accelerate)")
+    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes (loop.num_workers)")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="N", help="keep the newest N resumable checkpoints")
+    parser.add_argument("--report-to", choices=REPORT_TO,
+                        help="experiment tracker writing to <run>/logs (default tensorboard; metrics.jsonl always)")
     parser.add_argument("--cpu", action="store_true", default=None, help="force CPU")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="PATH|latest",
+                        help="continue the run in --output from its latest checkpoint, or from PATH "
+                             "(one of its checkpoints/step_* folders)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --output")
 
 
 def _loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
     loop = {"output_dir": args.output, "epochs": args.epochs, "max_steps": args.max_steps,
-            "batch_size": args.batch_size, "seed": args.seed, "cpu": args.cpu,
-            "resume": args.resume, "overwrite": args.overwrite}
+            "batch_size": args.batch_size, "seed": args.seed, "cpu": args.cpu, "lr": args.lr,
+            "mixed_precision": args.mixed_precision, "num_workers": args.num_workers,
+            "keep_checkpoints": args.keep_checkpoints, "report_to": args.report_to,
+            "gradient_checkpointing": getattr(args, "gradient_checkpointing", None),
+            "overwrite": args.overwrite}
+    if args.resume is not None:
+        loop["resume"] = True
+        loop["resume_from"] = None if args.resume == "latest" else args.resume
     if args.no_progress:
         loop["progress"] = False
     return {k: v for k, v in loop.items() if v is not None}
@@ -105,6 +127,20 @@ def _seg_config(args: argparse.Namespace):
     from laworder.seg.config import SegTrainConfig
 
     return _build_config(SegTrainConfig, args, {"data": args.data, "model": args.model, "image_size": args.image_size})
+
+
+def print_config(config: Any) -> int:
+    """The resolved config as YAML on stdout (what ``--config`` reads back)."""
+    import yaml
+
+    from laworder.config import to_dict
+
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    return 0
+
+
+def _seg_print_config(args: argparse.Namespace) -> int:
+    return print_config(_seg_config(args))
 
 
 def _seg_train(args: argparse.Namespace) -> int:
@@ -220,7 +256,9 @@ def _seg_list(args: argparse.Namespace) -> int:
 def _add_seg(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("seg", help="segmentation: train, protocol, evaluate, predict, profile, export").add_subparsers(dest="action", required=True)
     for name, func, helptext in (("train", _seg_train, "train one segmenter (paper Table 12 recipe by default)"),
-                                 ("protocol", _seg_protocol, "5-seed protocol: train + test per seed, mean ± std")):
+                                 ("protocol", _seg_protocol, "5-seed protocol: train + test per seed, mean ± std"),
+                                 ("config", _seg_print_config, "print the full training config as YAML "
+                                                               "(defaults <- --config <- flags and --set)")):
         p = seg.add_parser(name, help=helptext)
         _common_run_options(p)
         p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")

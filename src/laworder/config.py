@@ -74,10 +74,39 @@ def to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> dict[str, Path]:
+    """``{name: path}`` of the YAML configs shipped inside the package (``laworder/configs/{seg,exp}``)."""
+    return {path.stem: path for path in sorted(PACKAGED_CONFIGS.glob("*/*.yaml"))}
+
+
+def resolve_config_path(source: str | os.PathLike) -> Path:
+    """A config file path, a repo-style ``configs/seg/x.yaml`` path, or a packaged name (``polyps_paper``).
+
+    An existing file wins; otherwise ``configs/<kind>/<name>.yaml`` and bare names are looked up in
+    the package, so the paper configs work by name after ``pip install`` from any folder.
+    """
+    path = Path(source)
+    if path.is_file():
+        return path
+    if "configs" in path.parts:
+        last = len(path.parts) - 1 - path.parts[::-1].index("configs")
+        inside = PACKAGED_CONFIGS.joinpath(*path.parts[last + 1:])
+        if inside.is_file():
+            return inside
+    if len(path.parts) <= 2 and path.suffix in ("", ".yaml"):
+        named = PACKAGED_CONFIGS / path.with_suffix(".yaml") if len(path.parts) == 2 else packaged_configs().get(path.stem)
+        if named is not None and named.is_file():
+            return named
+    known = ", ".join(packaged_configs())
+    raise ConfigError(f"config file not found: {path} (nor a packaged config name; packaged: {known})")
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """Read a YAML mapping from a file, or from a packaged config given by name (``resolve_config_path``)."""
+    path = resolve_config_path(path)
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):

@@ -50,7 +50,9 @@ class SegTask(TrainTask):
             return StepOutput(loss=loss, logs=logs)
         logits = self.modules["model"](images)
         loss = self.loss_fn(logits, masks)
-        return StepOutput(loss=loss)
+        # ORDER's per-sample confidence gates (batch mean per skip) for metrics.jsonl and the trackers
+        gates = getattr(self.unwrapped("model"), "gate_values", {})
+        return StepOutput(loss=loss, logs={f"gate_{index}": float(gate.float().mean()) for index, gate in gates.items()})
 
     def validate(self, loader: Iterable[dict[str, Any]]) -> dict[str, float]:
         if self.labels:

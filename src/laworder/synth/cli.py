@@ -1,5 +1,5 @@
-"""``laworder synth``: pretrain-vae (``train_vae``), pretrain and train (``train_synth``), sample
-(``sample_pool``), vae-dice (``reconstruction_dice``), list.
+"""``laworder synth``: pretrain-vae (``train_vae``), pretrain and train (``train_synth``), config,
+sample (``sample_pool``), vae-dice (``reconstruction_dice``), list.
 
 Thin: parses arguments, calls the API, prints. Loaded by ``laworder.cli`` through
 ``add_commands`` (the run options are the shared ones of ``laworder seg train``).
@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 
 
-def _train(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """The ``SynthConfig`` that ``synth pretrain`` / ``synth train`` with these arguments would run."""
     from laworder.cli import _build_config
     from laworder.synth.config import SynthConfig
-    from laworder.synth.task import train_synth
 
     backbone_kwargs = {k: v for k, v in (("pretrained_path", args.pretrained), ("controlnet_path", getattr(args, "controlnet", None)),
                                          ("prompt", args.prompt), ("vae", args.vae)) if v is not None}
@@ -21,13 +21,22 @@ def _train(args: argparse.Namespace) -> int:
              "resolution": args.resolution, "base": getattr(args, "base", None)}
     if args.stage == "base":
         extra.update(stage="base", objective="uniform")
-    if args.lr is not None:
-        extra["loop"] = {"lr": args.lr}
     if backbone_kwargs:
         extra["backbone_kwargs"] = backbone_kwargs
-    config = _build_config(SynthConfig, args, extra)
-    run_dir = train_synth(config)
+    return _build_config(SynthConfig, args, extra)
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    from laworder.cli import print_config
+
+    return print_config(_config(args))
+
+
+def _train(args: argparse.Namespace) -> int:
     from laworder.experiments.figures import plot_probe
+    from laworder.synth.task import train_synth
+
+    run_dir = train_synth(_config(args))
 
     probe = plot_probe(run_dir, run_dir / "probe.png")  # only when probe_every > 0
     print(f"run folder: {run_dir}  (weights in model/last (EMA) and model/raw, samples of held-out masks in "
@@ -43,8 +52,6 @@ def _pretrain_vae(args: argparse.Namespace) -> int:
     from laworder.synth.vae import VaeConfig, train_vae
 
     extra = {"data": args.data, "resolution": args.resolution, "latent_channels": args.latent_channels}
-    if args.lr is not None:
-        extra["loop"] = {"lr": args.lr}
     run_dir = train_vae(_build_config(VaeConfig, args, extra))
     report = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}  (diffusers VAE in model/vae, scaling_factor {report['scaling_factor']:.4f}); "
@@ -107,17 +114,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
     p.add_argument("--resolution", type=int, help="image size (default 128 -> 32x32 latents)")
     p.add_argument("--latent-channels", type=int, help="latent channels (default 4)")
-    p.add_argument("--lr", type=float)
     p.set_defaults(func=_pretrain_vae)
 
     for name, helptext in (
         ("pretrain", "train the base UNet + image token alone (no ControlNet), in pixel or VAE latent space"),
         ("train", "train a mask ControlNet with a weighting objective (on a frozen --base, or jointly from scratch)"),
+        ("config", "print the full synth train config as YAML (defaults <- --config <- flags and --set)"),
     ):
         p = actions.add_parser(name, help=helptext)
         _common_run_options(p)
         p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
-        if name == "train":
+        if name != "pretrain":
             p.add_argument("--objective", "--method", dest="objective",
                            help="uniform, fixed, ratio, law, adaptive_distillation, noise_consistency, siamese (laworder synth list)")
             p.add_argument("--base", help="a `synth pretrain` run: its UNet/embedding/VAE are loaded and frozen, "
@@ -128,8 +135,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--pretrained", help="sd15: local diffusers-format Stable Diffusion 1.5 folder")
         p.add_argument("--prompt", help="sd15: text prompt (dropped with probability cond_drop_prob)")
         p.add_argument("--resolution", type=int, help="image size (default 64 builtin, 384 sd15; from --base when given)")
-        p.add_argument("--lr", type=float)
-        p.set_defaults(func=_train, stage="base" if name == "pretrain" else "controlnet")
+        p.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                       help="recompute UNet/ControlNet activations in the backward pass (less memory, slower steps)")
+        p.set_defaults(func=_print_config if name == "config" else _train,
+                       stage="base" if name == "pretrain" else "controlnet")
 
     p = actions.add_parser("vae-dice", help="Dice a frozen segmenter keeps on VAE reconstructions of real test images")
     p.add_argument("vae", help="`synth pretrain-vae` run (or diffusers AutoencoderKL folder)")

@@ -19,8 +19,17 @@ def _as_rgb(tile: torch.Tensor, channels_out: int = 3) -> torch.Tensor:
 
 def write_weight_grid(
     path: Path, images: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor], pad: int = 2
-) -> Path:
-    """One row per sample: image | mask | w_ratio | δ | w_final (maps the objective returned).
+) -> np.ndarray:
+    """``weight_grid`` written as a PNG at ``path``; returns the grid (for the experiment trackers)."""
+    grid = weight_grid(images, masks, maps, pad)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, grid)
+    return grid
+
+
+def weight_grid(images: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor], pad: int = 2) -> np.ndarray:
+    """``H×W×3`` float grid in [0, 1], one row per sample: image | mask | w_ratio | δ | w_final
+    (the maps the objective returned).
 
     δ is shown on its own [0, 1] scale; weight maps are divided by the largest weight in the
     grid so relative emphasis is visible. Maps are upsampled nearest to the image size.
@@ -41,6 +50,4 @@ def write_weight_grid(
         tiles = [F.pad(tile, (pad, pad, pad, pad), value=1.0) for tile in tiles]
         rows.append(torch.cat(tiles, dim=2))
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_image(path, np.ascontiguousarray(grid.astype(np.float32)))
-    return path
+    return np.ascontiguousarray(grid.astype(np.float32))

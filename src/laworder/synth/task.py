@@ -237,17 +237,23 @@ class SynthTask(TrainTask):
         output = self._objective()(eps_pred.float(), target.float(), masks, **extra)
         return small["image"], small["mask"], output.maps
 
-    def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> None:
+    def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> dict[str, Any]:
         """Delta-map snapshot (paper Fig. 8): ``snapshots/step_XXXXXXXX.png``, one row per sample,
         columns image | mask | w_ratio | δ | w_final (those the objective has); and validation
         samples of the held-out masks (``validation/step_XXXXXXXX.png``, see ``synth.validation``)."""
         from laworder.synth.snapshots import write_weight_grid
 
+        grids = {}  # also sent to the experiment trackers (loop.report_to)
         if self.config.stage != "base":
             images, masks, maps = self.weight_maps(batch, seed=step)
-            write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png", images, masks, maps)
+            grids["snapshots/weights"] = write_weight_grid(Path(run_dir) / "snapshots" / f"step_{step:08d}.png",
+                                                           images, masks, maps)
         if self.validation is not None:
-            self.write_validation(Path(run_dir) / "validation" / f"step_{step:08d}.png")
+            from laworder.data.io import read_image
+
+            written = self.write_validation(Path(run_dir) / "validation" / f"step_{step:08d}.png")
+            grids["validation/samples"] = read_image(written, 3).astype(np.float32) / 255.0
+        return {"images": grids}
 
     def write_validation(self, path: Path) -> Path:
         """Sample the held-out masks with the current (raw) weights, bare modules, eval mode."""

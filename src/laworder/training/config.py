@@ -43,4 +43,7 @@ class LoopConfig:
     num_workers: int = 0
     progress: bool = True
     resume: bool = False
+    resume_from: str | None = None  # with ``resume``: a checkpoint folder of this run; None/"latest" = newest
+    report_to: str = "tensorboard"  # "none" | "tensorboard" | "wandb" | "csv" (accelerate trackers, <run>/logs)
+    gradient_checkpointing: bool = False  # trade compute for memory where a module supports it (diffusers)
     overwrite: bool = False

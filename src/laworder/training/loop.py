@@ -18,17 +18,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from laworder.config import save_config
-from laworder.errors import NonFiniteLossError, RunDirError
+from laworder.config import save_config, to_dict
+from laworder.errors import ConfigError, NonFiniteLossError, RunDirError
 from laworder.training import checkpoint as ckpt
 from laworder.training.config import LoopConfig
 from laworder.training.optim import OPTIMIZERS, SCHEDULERS
 from laworder.training.sampling import EpochBatchSampler, step_generator
 from laworder.training.task import TrainTask
+from laworder.training.tracking import LOG_DIR, RunTracking
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.yaml", "run.json", "snapshots", "validation", "eval.json")
+RUN_FILES = ("checkpoints", "model", "metrics.jsonl", "config.yaml", "run.json", "snapshots", "validation", "eval.json",
+             LOG_DIR)
 
 
 @dataclass
@@ -75,10 +77,47 @@ def _truncate_log(path: Path, after_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _make_accelerator(config: LoopConfig):
+def _make_accelerator(config: LoopConfig, tracking: RunTracking | None = None):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
-    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+        # accelerate keeps one process-wide state: a second run in the same (single) process with
+        # another precision would otherwise be refused
+        AcceleratorState._reset_state()
+    log_with = tracking.log_with() if tracking is not None else None
+    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=log_with,
+                       project_dir=str(config.output_dir))
+
+
+def resolve_resume(config: LoopConfig) -> Path | None:
+    """The checkpoint ``loop.resume_from`` names (a ``step_*`` folder of this run), checked before
+    anything is written; ``None`` means the latest one (or a fresh start when there is none).
+
+    Raises:
+        RunDirError: the path is not a complete checkpoint inside ``<output_dir>/checkpoints``.
+    """
+    if not config.resume_from or config.resume_from == "latest":
+        return None
+    folder = Path(config.resume_from).expanduser()
+    root = Path(config.output_dir) / "checkpoints"
+    if folder.resolve().parent != root.resolve() or folder.resolve() not in [p.resolve() for p in ckpt.list_checkpoints(root)]:
+        known = ", ".join(p.name for p in ckpt.list_checkpoints(root)) or "none"
+        raise RunDirError(
+            f"--resume {config.resume_from} is not a checkpoint of this run: expected a complete "
+            f"{root}/step_* folder (present: {known}); nothing was written"
+        )
+    return folder
+
+
+def _enable_gradient_checkpointing(task: TrainTask) -> None:
+    """diffusers-style ``enable_gradient_checkpointing()`` on every trained module that has it."""
+    supported = [name for name, module in task.modules.items() if hasattr(module, "enable_gradient_checkpointing")]
+    if not supported:
+        raise ConfigError(f"gradient checkpointing: none of the trained modules ({', '.join(task.modules)}) supports it")
+    for name in supported:
+        task.modules[name].enable_gradient_checkpointing()
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -103,14 +142,18 @@ def fit(
     touching the last good checkpoint, and ``RunDirError`` when the folder holds another run.
     """
     started = time.time()
-    accelerator = _make_accelerator(config)
     run_dir = Path(config.output_dir)
+    tracking = RunTracking(config.report_to, run_dir)  # a missing tracker package stops here, before any write
+    resume_folder = resolve_resume(config) if config.resume else None
+    accelerator = _make_accelerator(config, tracking)
     if accelerator.is_main_process:
         prepare_run_dir(run_dir, config.resume, config.overwrite)
         save_config(run_config if run_config is not None else config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
 
     task.accelerator = accelerator
+    if config.gradient_checkpointing:
+        _enable_gradient_checkpointing(task)
     for module in task.frozen_modules().values():
         module.to(accelerator.device)
     names = list(task.modules)
@@ -141,15 +184,19 @@ def fit(
     state = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "best_metric": None, "best_step": None}
     checkpoint_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
+    resume_step = None
     if config.resume:
-        found = ckpt.latest_checkpoint(checkpoint_root)
+        found = resume_folder or ckpt.latest_checkpoint(checkpoint_root)
         if found is not None:
             state.update(ckpt.read_checkpoint(found, _weights(task, ema), optimizer, scheduler))
+            resume_step = state["global_step"]
             if accelerator.is_main_process:
                 _truncate_log(metrics_path, state["global_step"])
+                _drop_later_checkpoints(checkpoint_root, found)
                 logger.info("resumed from %s (step %d)", found, state["global_step"])
         elif accelerator.is_main_process:
             logger.warning("--resume given but no checkpoint in %s: starting from scratch", checkpoint_root)
+    tracking.start(accelerator, to_dict(run_config if run_config is not None else config), resume_step)
 
     # training time adds up over resumes (run.json "seconds"), so a killed run still reports its cost
     seconds_before = float(state.pop("seconds", 0.0))
@@ -220,17 +267,18 @@ def fit(
             at_end = state["global_step"] >= total_steps
             if state["global_step"] % max(1, config.log_every) == 0 or at_end:
                 last_logs = {k: v / running_count for k, v in running.items()}
-                _append_log(accelerator, metrics_path, {
-                    "step": state["global_step"], "epoch": state["epoch"],
-                    "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started,
-                })
+                record = {"step": state["global_step"], "epoch": state["epoch"],
+                          "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started}
+                _append_log(accelerator, metrics_path, record)
+                tracking.scalars(record, state["global_step"])
                 running, running_count = {}, 0
             if config.snapshot_every and state["global_step"] % config.snapshot_every == 0 and accelerator.is_main_process:
-                task.on_log(state["global_step"], run_dir, batch)
+                _track_snapshot(tracking, task.on_log(state["global_step"], run_dir, batch), state["global_step"])
             if accelerator.is_main_process:
                 periodic = task.periodic_logs(state["global_step"], run_dir)
                 if periodic:
                     _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **periodic})
+                    tracking.scalars(periodic, state["global_step"])
             if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and not at_end:
                 checkpoint_now()
             if at_end:
@@ -240,7 +288,7 @@ def fit(
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
         if val_dataset is not None and (epoch_done and state["epoch"] % max(1, config.val_every) == 0 or state["global_step"] >= total_steps):
-            _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema)
+            _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema, tracking)
         if not config.checkpoint_every or state["global_step"] >= total_steps:
             checkpoint_now()
     if progress is not None:
@@ -259,6 +307,7 @@ def fit(
                        "effective_batch_size": config.batch_size * accelerator.num_processes,
                        "device": str(accelerator.device), "seconds": elapsed(),
                        "session_seconds": time.time() - started}, fh, indent=2)
+    tracking.finish()
     accelerator.wait_for_everyone()
     return FitResult(run_dir, state["global_step"], state["epoch"], state["best_metric"], state["best_step"], last_logs, time.time() - started)
 
@@ -278,7 +327,7 @@ def _sync_buffers(task: TrainTask, accelerator) -> None:
                 buffer.copy_(accelerator.reduce(buffer.detach().clone(), reduction="mean"))
 
 
-def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema) -> None:
+def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema, tracking=None) -> None:
     _sync_buffers(task, accelerator)
     loader = DataLoader(val_dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
     for module in task.modules.values():
@@ -290,6 +339,8 @@ def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_pa
     if not metrics:
         return
     _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **metrics})
+    if tracking is not None:
+        tracking.scalars(metrics, state["global_step"])
     if config.monitor:
         if config.monitor not in metrics:
             raise KeyError(f"monitor {config.monitor!r} not among validation metrics {sorted(metrics)}")
@@ -299,6 +350,24 @@ def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_pa
             if accelerator.is_main_process:
                 ckpt.write_weights_folder(run_dir / "model" / "best", _export_weights(task, ema), {
                     "step": state["global_step"], "epoch": state["epoch"], config.monitor: value})
+
+
+def _drop_later_checkpoints(root: Path, resumed: Path) -> None:
+    """Resuming from an earlier checkpoint abandons the later ones (their steps are re-run), so
+    pruning by step number cannot later keep a stale checkpoint over a new one."""
+    for later in ckpt.list_checkpoints(root):
+        if int(later.name[len(ckpt.PREFIX):]) > int(resumed.name[len(ckpt.PREFIX):]):
+            logger.warning("resuming from %s: removing the later checkpoint %s", resumed.name, later.name)
+            shutil.rmtree(later, ignore_errors=True)
+
+
+def _track_snapshot(tracking: RunTracking, snapshot: dict[str, Any] | None, step: int) -> None:
+    """Send what ``task.on_log`` returned (``{"images": {tag: H×W×C}, "scalars": {...}}``) to the trackers."""
+    if not snapshot:
+        return
+    tracking.images(snapshot.get("images", {}), step)
+    if snapshot.get("scalars"):
+        tracking.scalars(snapshot["scalars"], step)
 
 
 class _DeviceLoader:

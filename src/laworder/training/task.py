@@ -50,8 +50,11 @@ class TrainTask(abc.ABC):
         """Metrics on the validation set, keys prefixed ``val_`` (default: none)."""
         return {}
 
-    def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> None:
-        """Called every ``snapshot_every`` steps on the main process (figures, snapshots)."""
+    def on_log(self, step: int, run_dir: Path, batch: dict[str, Any]) -> dict[str, Any] | None:
+        """Called every ``snapshot_every`` steps on the main process (figures, snapshots).
+
+        May return ``{"images": {tag: H×W×C float array in [0, 1]}, "scalars": {name: float}}``
+        for the experiment trackers (``loop.report_to``)."""
 
     def periodic_logs(self, step: int, run_dir: Path) -> dict[str, float]:
         """Called after every step on the main process; what it returns (e.g. a probe on held-out
