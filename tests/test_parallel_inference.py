@@ -71,7 +71,10 @@ def test_single_process_state_leaves_accelerate_alone(monkeypatch):
 
 
 def test_two_processes_write_the_same_pool_masks_and_scores_as_one(tmp_path, monkeypatch):
+    # CPU in both runs, also on a GPU machine (two processes must not share one GPU, and the
+    # bytes compared must come from the same kind of device).
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     synth_run, seg_run = fake_synth_run(tmp_path / "synth"), fake_seg_run(tmp_path / "seg")
     rng = np.random.default_rng(0)
     for index in range(5):  # 5 masks in batches of 2: the two processes get 2 and 1 batches
@@ -92,7 +95,7 @@ def test_two_processes_write_the_same_pool_masks_and_scores_as_one(tmp_path, mon
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
               str(HELPER)]
     args = [arg for command in commands(tmp_path / "two") for arg in command + ["++"]][:-1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
     done = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("pool: ") == 1, done.stdout  # one process reports
