@@ -4,19 +4,33 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean torch-source
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned to the CPU build so pip never swaps in a CUDA wheel.
+# torch first, so that `pip install -e .` never swaps in another build.
+# TORCH_SPEC: what to install. TORCH_INDEX: the index to take it from. By default pip's own
+# sources are used when they already give a CPU build (a local wheel or mirror, as on CI) or when
+# a CUDA driver is present (nvidia-smi); otherwise -- an ordinary Linux machine without a GPU,
+# where PyPI would send the multi-GB CUDA build -- PyTorch's CPU-only index.
+# GPU: make install TORCH_INDEX=https://download.pytorch.org/whl/cu126 (your CUDA version).
+TORCH_SPEC ?= torch==2.13.0
+CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
+	$(PY) -m pip install --dry-run --no-deps --ignore-installed --quiet --report - "$(TORCH_SPEC)" 2>/dev/null \
+	| grep -q '+cpu' || echo $(CPU_TORCH_INDEX))
+
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+torch-source: $(PY)  # which torch `make install` would take, and from where
+	@echo "TORCH_SPEC=$(TORCH_SPEC) TORCH_INDEX=$(if $(TORCH_INDEX),$(TORCH_INDEX),<pip's configured sources>)"
 
 demo: $(STAMP)
 	$(VENV)/bin/laworder demo

@@ -36,6 +36,22 @@ def test_help_everywhere(command, capsys):
     assert "usage: laworder" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_help_has_a_runnable_looking_example(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "example:\n  laworder " + " ".join(command) in out, f"add an example to laworder.cli_help.EXAMPLES for {command}"
+
+
+def test_top_level_help_reads_cleanly(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "{data,seg" not in out
+    assert "typical session:" in out and "laworder seg train --config polyps_paper" in out
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "laworder", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "laworder" in out.stdout

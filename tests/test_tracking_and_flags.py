@@ -173,3 +173,15 @@ def test_gradient_checkpointing_is_enabled_on_diffusers_modules_and_refused_else
     assert task.unwrapped("unet").is_gradient_checkpointing and task.unwrapped("controlnet").is_gradient_checkpointing
     with pytest.raises(ConfigError, match="gradient checkpointing"):
         train_segmenter(_seg(tiny_data, tmp_path / "seg", epochs=1, report_to="none", gradient_checkpointing=True))
+
+
+def test_every_packaged_config_is_declared_as_package_data():
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["laworder"]
+    package = root / "src" / "laworder"
+    shipped = [p.relative_to(package).as_posix() for p in (package / "configs").rglob("*") if p.is_file()]
+    assert shipped and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in shipped), shipped
+    assert (root / "configs").resolve() == (package / "configs").resolve(), "configs/ links to the packaged configs"

@@ -337,12 +337,16 @@ def _stage_builders() -> list[Callable[[argparse._SubParsersAction], None]]:
 def build_parser() -> argparse.ArgumentParser:
     from laworder import __version__
 
-    parser = argparse.ArgumentParser(prog="laworder", description=__doc__.splitlines()[0])
+    from laworder.cli_help import DESCRIPTION, OVERVIEW, add_examples
+
+    parser = argparse.ArgumentParser(prog="laworder", description=DESCRIPTION, epilog=OVERVIEW,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"laworder {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for builder in CORE_BUILDERS + _stage_builders():
         builder(sub)
+    add_examples(parser)
     return parser
 
 
