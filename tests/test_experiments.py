@@ -110,7 +110,10 @@ def test_config_errors_name_the_offending_value_and_the_known_ones(tmp_path):
     with pytest.raises(MissingWeightsError, match="no_such_run"):
         run_experiment(CONFIGS / "table3_mask_recovery_tiny.yaml", {"segmenter": str(tmp_path / "no_such_run")},
                        output_dir=tmp_path / "g")
-    assert not any((tmp_path / name).exists() for name in "abcdefg"), "nothing may be written for a bad config"
+    with pytest.raises(ConfigError, match="mask_guidance must be"):
+        run_experiment(CONFIGS / "table4_augmentation_tiny.yaml", {"sample": {"mask_guidance": -1.0}},
+                       output_dir=tmp_path / "h")
+    assert not any((tmp_path / name).exists() for name in "abcdefgh"), "nothing may be written for a bad config"
 
 
 def test_fmt_shows_a_single_run_without_a_fake_spread():

@@ -93,7 +93,7 @@ class Augmentation(Experiment):
 
     def validate(self, config: AugmentationConfig) -> None:
         _validate_common(config)
-        validate_pools(config.pools, config.synth)
+        validate_pools(config.pools, config.synth, config.sample)
         if not config.pools and not config.real_only:
             raise ConfigError("nothing to train: no pools and real_only is false")
         if config.filter_min_dice is not None:
@@ -231,7 +231,7 @@ class DoseResponse(Experiment):
         _validate_common(config)
         if not config.pool:
             raise ConfigError("pool: give a pool folder or a recipe ({synth: {...}})")
-        validate_pools({config.label: config.pool}, config.synth)
+        validate_pools({config.label: config.pool}, config.synth, config.sample)
         if not config.doses:
             raise ConfigError("doses: give at least one pair count or 'all'")
         resolve_doses(config.doses)

@@ -74,9 +74,12 @@ def pool_spec(label: str, value: Any) -> PoolSpec:
     return spec
 
 
-def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any]) -> None:
+def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any], sample_defaults: SampleSettings | None = None) -> None:
     """Before any training: pool folders hold a manifest; recipes name known objectives and
-    backbones with valid keyword arguments and sampling settings."""
+    backbones with valid keyword arguments and sampling settings (steps, CFG and mask guidance
+    ≥ 0, η: ``check_sampling_args``, on ``sample_defaults`` merged with the recipe's)."""
+    from laworder.synth.sampler import check_sampling_args
+
     if not isinstance(pools, dict):
         raise ConfigError(f"pools must map row labels to pool folders or recipes, got {pools!r}")
     for label, value in pools.items():
@@ -91,7 +94,10 @@ def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any]) -> Non
             read_manifest(spec.path)
         if spec.synth:
             synth_config(deep_merge(synth_defaults, spec.synth), "procedural", Path("."))  # names checked there
-        from_dict(SampleSettings, spec.sample, where=f"pools.{label}.sample")
+        base = asdict(sample_defaults) if sample_defaults is not None else {}
+        sample = from_dict(SampleSettings, deep_merge(base, spec.sample), where=f"pools.{label}.sample")
+        if spec.synth:
+            check_sampling_args(sample.steps, sample.guidance_scale, sample.eta, mask_guidance=sample.mask_guidance)
 
 
 def synth_config(overrides: dict[str, Any], data: str, output_dir: Path):

@@ -150,7 +150,7 @@ class MaskRecovery(Experiment):
         _check_segmenter(config.segmenter, config.seg)
         if not config.pools:
             raise ConfigError("pools: give at least one pool folder or recipe")
-        validate_pools(config.pools, config.synth)
+        validate_pools(config.pools, config.synth, config.sample)
         if config.filter_min_dice is not None and not 0.0 <= config.filter_min_dice <= 1.0:
             raise ConfigError(f"filter_min_dice must be in [0, 1], got {config.filter_min_dice}")
 
