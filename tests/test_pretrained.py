@@ -128,3 +128,22 @@ def test_seg_list_shows_shipped_weights(weights_env, capsys):
 def test_seg_list_without_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(ENV_DIR, str(tmp_path / "empty"))
     assert cli(["seg", "list"]) == 0 and "(none)" in capsys.readouterr().out
+
+
+def test_multiclass_weights_keep_their_label_map(tmp_path, monkeypatch):
+    data = generate_procedural(tmp_path / "proc3", num_images=12, size=32, seed=0, num_classes=3)
+    loop = LoopConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=4, progress=False, monitor="val_dice", cpu=True)
+    run = train_segmenter(SegTrainConfig(data=str(data), model="order", image_size=32, loop=loop)).run_dir
+    weights = ship_run(run, tmp_path / "weights", dataset="proc3", kind="test", description="3 classes", command="pytest")
+    assert weights.num_classes == 3 and weights.meta["labels"] == ["background", "lesion_1", "lesion_2"]
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "weights"))
+    assert create_model("order", pretrained="proc3")(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    assert cli(["seg", "predict", "--pretrained", "order/proc3", str(data), str(tmp_path / "pred")]) == 0
+    values = set(np.unique(read_mask_values(next((tmp_path / "pred" / "masks").iterdir()))))
+    assert values <= {0, 1, 2}
+
+
+def read_mask_values(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path))

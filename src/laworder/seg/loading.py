@@ -45,5 +45,6 @@ def load_pretrained_segmenter(name: str, directory: str | Path | None = None) ->
     model = create_pretrained(weights.model, weights.name, directory)
     config = SegTrainConfig(model=weights.model, model_kwargs=weights.model_kwargs, image_size=weights.image_size,
                             channels=weights.in_channels, threshold=weights.threshold,
+                            labels=list(weights.meta.get("labels", [])),
                             data=str(weights.meta.get("training", {}).get("data", "")))
     return model, config

@@ -17,6 +17,7 @@ from typing import Any
 from laworder.config import to_dict
 from laworder.errors import MissingWeightsError
 from laworder.models.pretrained import CARD_FILE, META_FILE, WEIGHTS_FILE, PretrainedWeights, list_pretrained
+from laworder.seg.classes import model_class_kwargs
 
 # What the data's owners allow; weights trained on it inherit the restriction.
 DATA_TERMS: dict[str, str] = {
@@ -68,7 +69,7 @@ def ship_run(run_dir: str | Path, dest_root: str | Path, dataset: str, kind: str
     evaluation = _read_json(run_dir / "eval.json")
     if evaluation is None:
         result = evaluate_records(model, evaluation_subsets(config.data, config.layout), config.image_size,
-                                  config.channels, config.threshold)
+                                  config.channels, config.threshold, labels=config.labels)
         write_eval(result, run_dir, config.model)
         evaluation = result.to_json()
     run = _read_json(run_dir / "run.json") or {}
@@ -84,7 +85,8 @@ def ship_run(run_dir: str | Path, dest_root: str | Path, dataset: str, kind: str
     meta = {
         "model": config.model, "dataset": dataset, "kind": kind, "description": description,
         "model_kwargs": config.model_kwargs, "in_channels": config.channels,
-        "num_classes": int(config.model_kwargs.get("num_classes", 1)),
+        "num_classes": int({**model_class_kwargs(config.labels), **config.model_kwargs}.get("num_classes", 1)),
+        "labels": list(config.labels),
         "image_size": config.image_size, "threshold": config.threshold,
         "test": {"subsets": {k: {m: v[m] for m in ("dice", "iou", "n")} for k, v in evaluation["subsets"].items()},
                  "mean": evaluation["mean"]},
