@@ -96,17 +96,14 @@ def dice_iou_per_image(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         )
     if pred.ndim != 4 or pred.shape[1] != 1:
         raise DataError(f"expected masks of shape B×1×H×W, got {tuple(pred.shape)}")
-    pred_bin = _as_binary(pred, "pred").flatten(1)
-    target_bin = _as_binary(target.to(pred.device), "target").flatten(1)
+    from monai.metrics import compute_dice, compute_iou
 
-    # Integer pixel counts keep large masks exact; the ratio is taken in float64.
-    intersection = (pred_bin & target_bin).sum(dim=1).double()
-    union = (pred_bin | target_bin).sum(dim=1).double()
-    size_sum = pred_bin.sum(dim=1).double() + target_bin.sum(dim=1).double()
-
-    both_empty = size_sum == 0
-    dice = torch.where(both_empty, 1.0, 2.0 * intersection / size_sum.clamp_min(1.0))
-    iou = torch.where(both_empty, 1.0, intersection / union.clamp_min(1.0))
+    pred_bin = _as_binary(pred, "pred").double()
+    target_bin = _as_binary(target.to(pred.device), "target").double()
+    # MONAI with ignore_empty=False is the empty-mask rule above (both empty -> 1, one empty -> 0);
+    # float64 keeps pixel counts exact up to 2^53 (tests/test_metrics.py checks it against counting).
+    dice = compute_dice(pred_bin, target_bin, include_background=True, ignore_empty=False)[:, 0]
+    iou = compute_iou(pred_bin, target_bin, include_background=True, ignore_empty=False)[:, 0]
     return dice.float(), iou.float()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
@@ -35,30 +34,25 @@ def _adamw(params: Iterable, lr: float, weight_decay: float, **kwargs: Any) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
-def _warmup_then(fn, warmup_steps: int):
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return fn(step - warmup_steps)
-
-    return factor
-
-
+# The schedules come from the libraries' schedule factories (LambdaLR, state saved with the
+# checkpoint). Warm-up is linear from 0 at step 0 (diffusers/transformers convention).
 @SCHEDULERS.register("cosine")
 def _cosine(optimizer, total_steps: int, min_lr: float, warmup_steps: int = 0):
-    """Cosine annealing from ``lr`` to ``min_lr`` over the run, stepped every optimizer step."""
+    """Cosine annealing from ``lr`` to ``min_lr`` over the run (after an optional linear warm-up),
+    stepped every optimizer step. transformers' min-lr variant of the cosine schedule: diffusers'
+    ``get_cosine_schedule_with_warmup`` has no floor, and the paper's recipe anneals to 1e-6."""
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
     base_lr = optimizer.param_groups[0]["lr"]
-    floor = min_lr / base_lr if base_lr > 0 else 0.0
-    span = max(1, total_steps - warmup_steps)
-
-    def cosine(step: int) -> float:
-        progress = min(1.0, max(0.0, step / span))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then(cosine, warmup_steps))
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+        min_lr_rate=min_lr / base_lr if base_lr > 0 else 0.0,
+    )
 
 
 @SCHEDULERS.register("constant")
 def _constant(optimizer, total_steps: int, min_lr: float, warmup_steps: int = 0):
-    """Constant learning rate (after an optional linear warm-up)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then(lambda step: 1.0, warmup_steps))
+    """Constant learning rate (after an optional linear warm-up): diffusers' schedule."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+
+    return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps)
