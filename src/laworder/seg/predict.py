@@ -147,8 +147,10 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     all_files = list(source) if isinstance(source, (list, tuple)) else list_images(source)
     state = parallel.process_state()
     device = torch.device(device) if device is not None else (state.device if parallel.is_distributed(state) else "cpu")
-    if hasattr(model, "to"):
+    if isinstance(model, torch.nn.Module):
         model = model.to(device)
+    else:  # an onnxruntime session (OnnxSegmenter) takes and returns CPU tensors
+        device = torch.device("cpu")
     files = parallel.my_share(all_files, state)
     if progress and state.is_main_process:
         from tqdm.auto import tqdm
