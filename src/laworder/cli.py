@@ -3,6 +3,10 @@
 Every training command takes --config (a YAML file or a packaged name such as polyps_paper)
 plus --set key.sub=value overrides and first-class flags for the common ones (--epochs, --lr,
 --mixed-precision, --resume ...); the resolved config is saved in the run.
+
+Errors: ``main`` is the one place that turns a failure into one stderr line
+``laworder: error: ...`` and exit code 2 (bad arguments, ``laworder.errors.*``, OS errors such as
+a full disk); the traceback only with ``--debug`` (anywhere on the line) or ``LAWORDER_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from laworder.errors import LaworderError
+from laworder.errors import LaworderError, UsageError
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -68,14 +74,17 @@ def _build_config(cls, args: argparse.Namespace, extra: dict[str, Any]):
     from laworder.config import deep_merge, load_config, parse_overrides
 
     overrides = deep_merge({k: v for k, v in extra.items() if v is not None}, {"loop": _loop_overrides(args)})
-    overrides = deep_merge(overrides, parse_overrides(args.overrides))
+    overrides = deep_merge(overrides, parse_overrides(args.overrides, cls))
     return load_config(cls, args.config, overrides)
 
 
 # --- data -------------------------------------------------------------------------------
 def _data_check(args: argparse.Namespace) -> int:
     from laworder.data.check import check_dataset
+    from laworder.errors import DataError
 
+    if not str(args.path).startswith("procedural") and not Path(args.path).exists():
+        raise DataError(f"{args.path}: no such dataset folder (or give a procedural[:N[:SIZE[:SEED]]] spec)")
     report = check_dataset(args.path, args.layout)
     print(report.format())
     return 0 if report.ok else 1
@@ -190,22 +199,38 @@ def _seg_model(args: argparse.Namespace, paths: list[str], wanted: int):
     return (*load_segmenter(paths[0], args.which), paths[1:])
 
 
-def _seg_predict(args: argparse.Namespace) -> int:
-    from laworder.seg.predict import predict_folder
+PREDICT_OUTPUTS = ("masks", "overlays", "probabilities", "skipped.json")
 
+
+def _seg_predict(args: argparse.Namespace) -> int:
+    from laworder.data.io import open_image
+    from laworder.data.precheck import check_output_dir, clear_owned, readable_inputs, write_skipped
+    from laworder.seg.predict import list_images, predict_folder
+
+    # inputs first (weights, model file, every image decoded), then the output folder
     model, config, (source, out) = _seg_model(args, args.paths, 3)
     if args.onnx:
         from laworder.seg.export import OnnxSegmenter
 
+        if not Path(args.onnx).is_file():
+            from laworder.errors import MissingWeightsError
+
+            raise MissingWeightsError(f"--onnx {args.onnx}: file not found")
         model = OnnxSegmenter(args.onnx)
-    written = predict_folder(model, source, out, config.image_size, config.channels, config.threshold,
+    files, skipped = readable_inputs(list_images(source), lambda path: open_image(path).close(),
+                                     args.skip_unreadable, what="images")
+    from laworder.parallel import process_state
+
+    main_process = process_state().is_main_process  # under accelerate launch every process runs this
+    if check_output_dir(out, args.overwrite) and main_process:
+        clear_owned(out, PREDICT_OUTPUTS)
+    written = predict_folder(model, files, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress,
                              labels=config.labels)
-    from laworder.parallel import process_state
-
-    if process_state().is_main_process:  # under accelerate launch every process returns here
-        print(f"wrote {len(written)} masks to {Path(out) / 'masks'}")
+    if main_process:
+        note = f"; skipped {len(skipped)} unreadable, listed in {write_skipped(out, skipped)}" if skipped else ""
+        print(f"wrote {len(written)} masks to {Path(out) / 'masks'}{note}")
     return 0
 
 
@@ -214,6 +239,10 @@ def _seg_export(args: argparse.Namespace) -> int:
     from laworder.seg.loading import load_segmenter
 
     model, config = load_segmenter(args.run, args.which)
+    if args.image_size is not None:
+        from laworder.seg.validate import check_image_size
+
+        check_image_size(model, args.image_size, config.model, where="--image-size")
     report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels,
                          progress=not args.no_progress)
     sizes = ", ".join(f"{h}×{w}" for h, w in report.checked_sizes)
@@ -222,6 +251,16 @@ def _seg_export(args: argparse.Namespace) -> int:
 
 
 def _seg_profile(args: argparse.Namespace) -> int:
+    from laworder.models import create_model
+    from laworder.models.registry import MODELS
+    from laworder.seg.validate import check_image_size
+    from laworder.training.validate import at_least, one_of
+
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--repeats", args.repeats, 1)
+    for name in args.models or MODELS.names():
+        one_of("--models", name, MODELS.names())
+        check_image_size(create_model(name), args.image_size, name, where="--image-size")
     from laworder.seg.profile import format_table, profile_models, rows_to_json
 
     rows = profile_models(args.models, image_size=args.image_size, batch_size=args.batch_size,
@@ -294,6 +333,9 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write probabilities/<stem>.npz (float32 K×H×W, background first)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="predict the readable images, list the others in OUT/skipped.json (default: stop, write nothing)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier predictions in a non-empty OUT")
     p.set_defaults(func=_seg_predict, usage_paths=["RUN", "SOURCE", "OUT"])
     p = seg.add_parser("export", help="export to ONNX and check onnxruntime parity")
     p.add_argument("run")
@@ -334,15 +376,30 @@ def _stage_builders() -> list[Callable[[argparse._SubParsersAction], None]]:
     return builders
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse reporting bad arguments as a ``UsageError`` (one line in ``main``), not usage + exit.
+
+    Sub-command parsers inherit the class (``add_subparsers`` uses ``type(parser)``), so
+    commands added by any stage get the same behaviour."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("laworder").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from laworder import __version__
 
     from laworder.cli_help import DESCRIPTION, OVERVIEW, add_examples
 
-    parser = argparse.ArgumentParser(prog="laworder", description=DESCRIPTION, epilog=OVERVIEW,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="laworder", description=DESCRIPTION, epilog=OVERVIEW,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"laworder {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (INFO level)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or LAWORDER_DEBUG=1)")
+    parser.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help="refuse images with more pixels than this, unread (default 100000000; "
+                             "or LAWORDER_MAX_IMAGE_PIXELS)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for builder in CORE_BUILDERS + _stage_builders():
         builder(sub)
@@ -350,15 +407,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_ERROR = 2  # bad input, refused folder, resource fault: one line on stderr
+MAX_ERROR_CHARS = 600
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a multi-line report is joined with "; " and shortened)."""
+    if isinstance(err, (LaworderError, argparse.ArgumentError)):
+        text = str(err)
+    elif isinstance(err, OSError):
+        where = f": {err.filename}" if err.filename else ""
+        text = f"{err.strerror or err}{where}"
+    else:
+        text = f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = "; ".join(lines) or type(err).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Run one command; returns its exit code (0 ok, 2 error; ``data check`` 1 for a failed check)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # ``--debug`` is accepted anywhere (``laworder seg train ... --debug``), before argparse sees it
+    debug = "--debug" in argv or os.environ.get("LAWORDER_DEBUG", "").lower() not in ("", "0", "false", "no")
+    argv = [word for word in argv if word != "--debug"]
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        if args.max_image_pixels is not None:
+            from laworder.data.io import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)
-    except LaworderError as err:
-        print(f"laworder: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("laworder: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (the one place errors become one line)
+        if debug:
+            traceback.print_exc()
+        print(f"laworder: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR if isinstance(err, (LaworderError, OSError)) else 1
 
 
 if __name__ == "__main__":

@@ -39,20 +39,38 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = args[0] if args else Any
         items = [_coerce(v, inner, where) for v in value]
         return tuple(items) if origin is tuple else items
+    if annotation is float and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
     if annotation is float and isinstance(value, (int, float, str)):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number (e.g. 3e-4), got {value!r}") from None
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if annotation is int and isinstance(value, (int, str)):
+    if annotation is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if annotation is int and isinstance(value, (int, str)):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation in (int, float):
+        raise ConfigError(f"{where}: expected {'an integer' if annotation is int else 'a number'}, got {value!r}")
+    if annotation is bool and not isinstance(value, (bool, str)):
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if annotation is bool and isinstance(value, str):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if annotation is str and isinstance(value, (dict, list, tuple)):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     if annotation is str and not isinstance(value, str):
         return str(value)
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping such as {{key: value}}, got {value!r}")
     return value
 
 
@@ -107,8 +125,13 @@ def resolve_config_path(source: str | os.PathLike) -> Path:
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping from a file, or from a packaged config given by name (``resolve_config_path``)."""
     path = resolve_config_path(path)
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
@@ -128,18 +151,64 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["loop.lr=1e-3", "model_kwargs.skip_indices=[2,1]"]`` -> nested dict (values parsed as YAML)."""
+def _field_annotation(cls: Any, parts: list[str]) -> Any:
+    """The type hint of the dataclass field at ``parts`` (``["loop", "lr"]``), or None when unknown."""
+    annotation: Any = cls
+    for part in parts:
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = inner[0] if len(inner) == 1 else None
+        if annotation is None or not dataclasses.is_dataclass(annotation):
+            return None
+        annotation = typing.get_type_hints(annotation).get(part)
+    return annotation
+
+
+def _is_text_field(annotation: Any) -> bool:
+    """``str`` or ``str | None``: a ``--set`` value there stays the text as typed."""
+    if annotation is str:
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and set(args) == {str, type(None)}
+
+
+def parse_value(raw: str, key: str = "value", annotation: Any = None) -> Any:
+    """One ``--set`` value: the text itself for a ``str`` field (``a: b`` stays ``"a: b"``; ``null``
+    is None for ``str | None``), YAML otherwise. A YAML mapping or list only from flow syntax
+    (``{a: 1}``, ``[1, 2]``): ``a: b`` in an untyped value stays text too."""
+    if _is_text_field(annotation):
+        return None if annotation is not str and raw.strip() in ("null", "~") else raw
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"--set {key}={raw}: not a valid YAML value ({problem})") from None
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
+        return raw
+    return value
+
+
+def parse_overrides(items: list[str] | None, cls: Any = None) -> dict[str, Any]:
+    """``["loop.lr=1e-3", "model_kwargs.skip_indices=[2,1]"]`` -> nested dict (values parsed as YAML).
+
+    With the config dataclass ``cls``, values of ``str`` fields stay the text as typed (see ``parse_value``).
+    """
     result: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        node = result
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key part; use key.sub=value")
+        node = result
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier --set {part}=...")
+            node = child
+        annotation = _field_annotation(cls, parts) if cls is not None else None
+        node[parts[-1]] = parse_value(raw, key.strip(), annotation)
     return result
 
 

@@ -23,3 +23,16 @@ class RunDirError(LaworderError, FileExistsError):
 
 class MissingWeightsError(LaworderError, FileNotFoundError):
     """A local weight file or model folder the user must provide is absent."""
+
+
+class UsageError(LaworderError, ValueError):
+    """A command line argparse rejected (unknown option, wrong type, missing argument)."""
+
+
+class RunLockedError(LaworderError, RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
+class CheckpointWriteError(LaworderError, OSError):
+    """A checkpoint or weights folder could not be written (disk full, unwritable folder);
+    the last good checkpoint is kept."""

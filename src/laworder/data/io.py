@@ -16,6 +16,7 @@ Mask rule (``read_mask``): the mask is reduced to 8-bit "levels" and thresholded
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,32 @@ from laworder.errors import DataError
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LOSSLESS_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
 MASK_THRESHOLD = 128
+
+# Our own cap, checked on the header before decoding, replaces Pillow's bomb *warning*; Pillow's
+# hard limit (DecompressionBombError) still applies and is reported the same way.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # 10000×10000; a 2-D medical slice or photo is far below
+_max_image_pixels: int | None = None  # set_max_image_pixels / LAWORDER_MAX_IMAGE_PIXELS / default
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Refuse images with more than ``limit`` pixels (None: ``LAWORDER_MAX_IMAGE_PIXELS`` or the default)."""
+    global _max_image_pixels
+    if limit is not None and limit < 1:
+        raise DataError(f"max image pixels must be >= 1, got {limit}")
+    _max_image_pixels = limit
+
+
+def max_image_pixels() -> int:
+    """The pixel cap in force (``set_max_image_pixels`` > ``LAWORDER_MAX_IMAGE_PIXELS`` > 100 M)."""
+    if _max_image_pixels is not None:
+        return _max_image_pixels
+    raw = os.environ.get("LAWORDER_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise DataError(f"LAWORDER_MAX_IMAGE_PIXELS={raw!r} is not an integer") from None
+
 
 # PIL modes holding more than 8 bits per pixel in one channel.
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -41,20 +68,31 @@ def is_image_file(path: str | os.PathLike) -> bool:
 def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
     """Open ``path`` with Pillow; ``decode=True`` forces a full decode so truncation shows now.
 
+    The header is checked against the pixel cap (``max_image_pixels``) before any pixel data is
+    decoded, so a decompression bomb is refused without being read into memory.
+
     Raises:
-        DataError: the file is missing, not an image, truncated or otherwise unreadable.
+        DataError: the file is missing, not an image, truncated, over the pixel cap or otherwise unreadable.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
+    limit = max_image_pixels()
     try:
-        image = Image.open(path)
+        image = Image.open(path)  # reads the header only
+        width, height = image.size
+        if width * height > limit:
+            image.close()
+            raise DataError(f"{path}: {width}×{height} = {width * height} pixels is over the cap of {limit} "
+                            "(--max-image-pixels / LAWORDER_MAX_IMAGE_PIXELS); not decoded")
         if decode:
             image.load()
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc})") from exc
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:  # over Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
+        raise DataError(f"{path}: refused as a decompression bomb, not decoded ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports truncation as OSError("image file is truncated ..."), a broken PNG as
         # SyntaxError, and an unknown format as UnidentifiedImageError (an OSError).

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from laworder.data.io import write_image, write_mask
-from laworder.errors import DataError
+from laworder.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 1
 AREA_RANGE = (0.008, 0.11)
@@ -77,9 +77,9 @@ def procedural_pair(index: int, size: int = 128, seed: int = 0, num_classes: int
     if num_classes < 2:
         raise ValueError(f"num_classes (background included) must be >= 2, got {num_classes}")
     if size < 16:
-        raise ValueError(f"procedural images need size >= 16, got {size}")
+        raise ConfigError(f"procedural images need size >= 16, got {size}")
     if index < 0 or seed < 0:
-        raise ValueError(f"index and seed must be non-negative, got index={index}, seed={seed}")
+        raise ConfigError(f"index and seed must be non-negative, got index={index}, seed={seed}")
     rng = np.random.default_rng([seed, index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     ny, nx = yy / size * 2 - 1, xx / size * 2 - 1
@@ -155,7 +155,7 @@ def generate_procedural(
             write (a folder from another run would silently enlarge the dataset).
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
     root = Path(root)
     stems = [procedural_stem(start_index + i) for i in range(num_images)]
     expected = {f"{stem}.png" for stem in stems}

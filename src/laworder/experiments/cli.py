@@ -10,7 +10,7 @@ def _demo(args: argparse.Namespace) -> int:
     from laworder.config import deep_merge, load_config, parse_overrides
     from laworder.experiments.demo import DemoConfig, run_demo
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides, DemoConfig)
     if args.output:
         overrides = deep_merge(overrides, {"output_dir": args.output})
     if args.no_synth:
@@ -38,9 +38,11 @@ def _exp_command(args: argparse.Namespace) -> str:
 def _exp_run(args: argparse.Namespace) -> int:
     from laworder.config import parse_overrides
     from laworder.experiments.report import REPORT
-    from laworder.experiments.runner import run_experiment
+    from laworder.experiments.runner import config_class_of, run_experiment
 
-    run_dir = run_experiment(args.config, parse_overrides(args.overrides), output_dir=args.output, resume=args.resume,
+    # the kind's config class keeps ``--set description=a: b`` the text it is
+    overrides = parse_overrides(args.overrides, config_class_of(args.config, parse_overrides(args.overrides)))
+    run_dir = run_experiment(args.config, overrides, output_dir=args.output, resume=args.resume,
                              overwrite=args.overwrite, progress=not args.no_progress, command=_exp_command(args))
     print(f"report: {run_dir / REPORT}")
     return 0
@@ -64,6 +66,7 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
 
     if args.filter_min_dice is not None and not args.filter_out:
         raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")
+    _check_mask_recovery_inputs(args)
     scores = mask_recovery(args.segmenter, args.pool, args.image_size)
     if not process_state().is_main_process:  # under accelerate launch: one process reports and writes
         return 0
@@ -101,6 +104,36 @@ def _exp_law_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_mask_recovery_inputs(args: argparse.Namespace) -> None:
+    """Segmenter, pool (every pair read), image size and outputs checked before scoring or writing."""
+    from pathlib import Path
+
+    from laworder.data.io import read_image, read_mask
+    from laworder.data.layouts import load_dataset
+    from laworder.data.precheck import check_output_dir, readable_inputs
+    from laworder.errors import ConfigError, RunDirError
+    from laworder.experiments.mask_recovery import read_manifest
+    from laworder.seg.loading import load_segmenter
+    from laworder.seg.validate import check_image_size
+    from laworder.training.validate import between
+
+    model, config = load_segmenter(args.segmenter)
+    if args.image_size is not None:
+        check_image_size(model, args.image_size, config.model, where="--image-size")
+    if args.filter_min_dice is not None:
+        between("--filter-min-dice", args.filter_min_dice, 0, 1)
+    read_manifest(args.pool)
+    records = load_dataset(args.pool, "pairs").train
+    readable_inputs(records, lambda r: (read_image(r.image, config.channels), read_mask(r.mask)), what="pool pairs",
+                    key=lambda r: r.stem)
+    if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
+        raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
+    if args.filter_out:
+        if Path(args.filter_out).resolve() == Path(args.pool).resolve():
+            raise ConfigError("--filter-out must differ from the pool folder it filters")
+        check_output_dir(args.filter_out, args.overwrite, what="--filter-out")
+
+
 def _report(args: argparse.Namespace) -> int:
     from laworder.experiments.report import write_report
 
@@ -113,7 +146,8 @@ def _export_nnunet(args: argparse.Namespace) -> int:
 
     folder = export_nnunet_dataset(args.real, args.out, args.id, args.name, extra=args.extra, extra_limit=args.extra_limit,
                                    layout=args.layout, channels=args.channels, image_size=args.image_size,
-                                   include_test=not args.no_test, overwrite=args.overwrite)
+                                   include_test=not args.no_test, overwrite=args.overwrite,
+                                   skip_unreadable=args.skip_unreadable)
     print(f"wrote {folder} (passes nnU-Net v2's dataset checks); validation-real-only folds in "
           f"{folder / 'laworder_splits_final.json'}")
     return 0
@@ -139,7 +173,7 @@ def _add_exp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the scores (per image too) as JSON here")
     p.add_argument("--filter-min-dice", type=float, help="also write the pairs with Dice >= this as a new pool")
     p.add_argument("--filter-out", help="folder of the filtered pool (with --filter-min-dice)")
-    p.add_argument("--overwrite", action="store_true", help="replace --filter-out")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and --filter-out")
     p.set_defaults(func=_exp_mask_recovery)
 
     p = exp.add_parser("law-analysis", help="what LAW learned: δ vs the mask, weight contrast vs the ratio prior")
@@ -169,6 +203,8 @@ def _add_exp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="resize every case to this square size (default: keep sizes)")
     p.add_argument("--no-test", action="store_true", help="do not write the test subsets to imagesTs/labelsTs")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="export the readable pairs, list the others in the dataset folder's skipped.json")
     p.set_defaults(func=_export_nnunet)
 
 

@@ -144,7 +144,7 @@ def sample_recipe_pool(context: RunContext, label: str, run_dir: Path, sample: S
     if not (context.resume and (pool_dir / MANIFEST).is_file()):
         sample_pool(run_dir, data, pool_dir, steps=sample.steps, guidance_scale=sample.guidance_scale, eta=sample.eta,
                     seed=sample.seed, batch_size=sample.batch_size, split=sample.split, limit=sample.limit,
-                    overwrite=True, progress=context.progress, mask_guidance=sample.mask_guidance)
+                    overwrite=True, resume=context.resume, progress=context.progress, mask_guidance=sample.mask_guidance)
     return Pool(label, pool_dir, read_manifest(pool_dir), str(run_dir))
 
 

@@ -70,6 +70,15 @@ def load_experiment(source: str | os.PathLike | dict[str, Any], overrides: dict[
     return str(kind), experiment, config
 
 
+def config_class_of(source: str | os.PathLike | dict[str, Any], overrides: dict[str, Any] | None = None) -> type | None:
+    """The config dataclass of the experiment ``source`` describes (None when its kind is unknown)."""
+    raw = dict(source) if isinstance(source, dict) else load_yaml(source)
+    kind = (overrides or {}).get("kind", raw.get("kind"))
+    if not isinstance(kind, str) or kind not in EXPERIMENTS.names():
+        return None
+    return EXPERIMENTS.create(kind).config_class
+
+
 def _environment() -> dict[str, Any]:
     import torch
 
@@ -109,28 +118,32 @@ def run_experiment(source: str | os.PathLike | dict[str, Any], overrides: dict[s
     if (run_dir / RESULTS).is_file() and not (resume or overwrite):
         raise RunDirError(f"{run_dir} already holds a finished experiment ({RESULTS}); "
                           "pass --resume to reuse its sub-runs or --overwrite to replace it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output {run_dir} is a file, not a folder; choose a folder path")
     experiment.validate(config)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = {"kind": kind, **to_dict(config)}
-    (run_dir / CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))
-    started = time.time()
-    context = RunContext(run_dir, resume=resume, overwrite=overwrite, progress=progress)
-    results = experiment.run(config, context)
-    record = {
-        "kind": kind,
-        "title": experiment.title,
-        "command": command or f"laworder.experiments.runner.run_experiment({str(source)!r})",
-        "config_file": None if isinstance(source, dict) else str(source),
-        "overrides": overrides or {},
-        "config": resolved,
-        "environment": _environment(),
-        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        "seconds": time.time() - started,
-        "results": results,
-    }
-    tmp = run_dir / (RESULTS + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, run_dir / RESULTS)
-    write_report(run_dir)
+    from laworder.runlock import run_lock
+
+    with run_lock(run_dir, "exp run"):  # one writer; sub-runs inside take their own locks
+        resolved = {"kind": kind, **to_dict(config)}
+        (run_dir / CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))
+        started = time.time()
+        context = RunContext(run_dir, resume=resume, overwrite=overwrite, progress=progress)
+        results = experiment.run(config, context)
+        record = {
+            "kind": kind,
+            "title": experiment.title,
+            "command": command or f"laworder.experiments.runner.run_experiment({str(source)!r})",
+            "config_file": None if isinstance(source, dict) else str(source),
+            "overrides": overrides or {},
+            "config": resolved,
+            "environment": _environment(),
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "seconds": time.time() - started,
+            "results": results,
+        }
+        tmp = run_dir / (RESULTS + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, run_dir / RESULTS)
+        write_report(run_dir)
     return run_dir

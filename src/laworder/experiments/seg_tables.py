@@ -70,9 +70,13 @@ class SegCompare(Experiment):
     title = "Segmentation comparison (paper Tables 7, 8, 10)"
 
     def validate(self, config: SegCompareConfig) -> None:
+        from laworder.seg.validate import check_seg_config
+
         check_variants(config.variants)
         if not config.seeds:
             raise ConfigError("seeds: give at least one seed")
+        for variant in config.variants:  # each row's recipe (image size against its model too)
+            check_seg_config(dataclasses.replace(config.seg, model=variant.model, model_kwargs=dict(variant.model_kwargs)))
 
     def run(self, config: SegCompareConfig, context: RunContext) -> dict:
         rows = []

@@ -103,7 +103,8 @@ def real_only_folds(real: list[Case], synthetic: list[Case], num_folds: int = 5,
 
 def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name: str, extra: list[str] | tuple[str, ...] = (),
                           extra_limit: int | None = None, layout: str = "auto", channels: int = 3,
-                          image_size: int | None = None, include_test: bool = True, overwrite: bool = False) -> Path:
+                          image_size: int | None = None, include_test: bool = True, overwrite: bool = False,
+                          skip_unreadable: bool = False) -> Path:
     """Write ``real`` (+ ``extra`` synthetic pools) as ``<out_root>/Dataset{id:03d}_{name}``; returns that folder.
 
     Args:
@@ -119,6 +120,8 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
         channels: 3 writes RGB PNGs (channel_names R, G, B), 1 grayscale (channel_names gray).
         image_size: resize images (bilinear) and labels (nearest) to a square size; ``None`` keeps sizes.
         overwrite: replace an existing dataset folder.
+        skip_unreadable: leave out pairs whose image or mask cannot be read (listed in the dataset
+            folder's ``skipped.json``) instead of stopping; every pair is read before anything is written.
 
     Raises:
         ConfigError: bad id, name or channels. RunDirError: the folder exists (without ``overwrite``).
@@ -131,11 +134,13 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
         raise ConfigError(f"dataset name must be letters, digits, '_' or '-' (no spaces), got {name!r}")
     if channels not in CHANNEL_NAMES:
         raise ConfigError(f"channels must be 3 (RGB) or 1 (grayscale), got {channels}")
+    if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
+        raise ConfigError(f"image_size must be a positive integer (or None to keep sizes), got {image_size!r}")
     folder = Path(out_root) / f"Dataset{dataset_id:03d}_{name}"
-    if folder.exists() and any(folder.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(folder)
+    if Path(out_root).exists() and not Path(out_root).is_dir():
+        raise RunDirError(f"nnUNet_raw folder {out_root} is a file; choose a folder path")
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise RunDirError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
 
     collection = load_dataset(real, layout)
     real_cases = [Case(_case_id("", r.stem), r, "real") for r in collection.train]
@@ -146,6 +151,24 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
     test_cases = [Case(_case_id(f"{subset}_", r.stem), r, f"test:{subset}")
                   for subset, records in collection.test.items() for r in records] if include_test else []
     _unique_cases(test_cases, f"{real} test subsets")
+    # every pair read before the folder is touched
+    from laworder.data.io import read_image, read_mask
+    from laworder.data.precheck import readable_inputs, write_skipped
+
+    def read_pair(case: Case) -> None:
+        read_image(case.record.image, channels)
+        read_mask(case.record.mask)
+
+    _, skipped = readable_inputs(training + test_cases, read_pair, skip_unreadable, what="pairs",
+                                 key=lambda case: case.case_id)
+    bad = set(skipped)
+    training = [case for case in training if case.case_id not in bad]
+    real_cases = [case for case in real_cases if case.case_id not in bad]
+    synthetic = [case for case in synthetic if case.case_id not in bad]
+    test_cases = [case for case in test_cases if case.case_id not in bad]
+    if folder.exists():
+        shutil.rmtree(folder)
+    write_skipped(folder, skipped)
 
     # The dataset's declared classes (laworder.data.labels) become nnU-Net's labels; binary: background/lesion.
     names = collection.labels if is_multiclass(collection.labels) else list(LABELS)

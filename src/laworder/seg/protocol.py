@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from laworder.errors import ConfigError
 from laworder.metrics.overlap import mean_std
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.evaluate import EvalResult, evaluate_records, evaluation_subsets, write_eval
@@ -54,8 +55,22 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
     Runs already finished are reused when ``loop.resume`` is set, so a killed protocol
     continues where it stopped.
     """
+    from laworder.runlock import run_lock
+    from laworder.seg.validate import check_seg_config
+    from laworder.training.loop import check_run_dir
+
     root = Path(config.loop.output_dir)
+    check_seg_config(config)
+    if not seeds:
+        raise ConfigError("seeds is empty; give at least one seed (--seeds 0 1 2)")
+    for seed in seeds:  # a folder holding another run is refused before the first seed trains
+        check_run_dir(root / f"seed{seed}", config.loop.resume, config.loop.overwrite)
     test_sets = evaluation_subsets(test_data or config.data, "auto" if test_data else config.layout, subsets)
+    with run_lock(root, "seg protocol"):
+        return _run_seeds(config, root, list(seeds), test_sets)
+
+
+def _run_seeds(config: SegTrainConfig, root: Path, seeds: list[int], test_sets) -> ProtocolResult:
     evals = []
     for seed in seeds:
         seed_config = copy.deepcopy(config)

@@ -18,11 +18,11 @@ from laworder.data.records import PairRecord
 from laworder.data.splits import save_split, train_val_split
 from laworder.data.labels import is_multiclass, parse_labels
 from laworder.errors import ConfigError, DataError
-from laworder.models import create_model
-from laworder.seg.classes import model_class_kwargs
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.task import SegTask
+from laworder.seg.validate import build_checked_model, check_seg_config
 from laworder.training import FitResult, fit
+from laworder.training.loop import check_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
     that already holds another run unless ``loop.resume`` or ``loop.overwrite`` is set.
     """
     loop = config.loop
+    check_seg_config(config)  # every value, the model and its image size: before any file is written
+    check_run_dir(Path(loop.output_dir), loop.resume, loop.overwrite)
     if config.check_data:
         ensure_valid(config.data, config.layout)
     collection = load_dataset(config.data, config.layout)
@@ -82,7 +84,7 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
     extra = _extra_records(config)
 
     set_seed(loop.seed)  # model initialisation depends on it
-    model = create_model(config.model, in_channels=config.channels, **model_class_kwargs(config.labels), **config.model_kwargs)
+    model = build_checked_model(config)
     task = SegTask(model, config.augment, config.bce_weight, config.dice_weight, config.threshold, config.labels)
 
     train_set = PairDataset(train_records, config.image_size, config.channels, cache=config.cache, num_classes=num_classes)

@@ -84,6 +84,7 @@ def _sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, split=args.split, batched_cfg=not args.two_pass, limit=args.limit,
         layout=args.layout, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
         mask_guidance=args.mask_guidance,
+        resume=args.resume, skip_unreadable=args.skip_unreadable,
     )
     from laworder.parallel import process_state
 
@@ -167,7 +168,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--two-pass", action="store_true", help="unconditional and conditional passes separately")
     p.add_argument("--limit", type=int, help="only the first N masks")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace the pool files in a non-empty OUT")
+    p.add_argument("--resume", action="store_true", help="continue a killed pool in OUT (same settings)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="sample the readable masks and list the others in OUT/skipped.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sample)
 

@@ -9,6 +9,7 @@ modules the backbone samples with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -251,8 +252,16 @@ def sample_pool(
     overwrite: bool = False,
     progress: bool = False,
     mask_guidance: float = 1.0,
+    resume: bool = False,
+    skip_unreadable: bool = False,
 ) -> Path:
     """Generate one image per mask and write a pair folder + ``manifest.json``; returns ``out_dir``.
+
+    Every input (masks, weights, settings) is checked before ``out_dir`` is touched; the pool
+    folder's ``run_lock`` is held while sampling. Images are written batch by batch, each file
+    atomically, with the settings in ``pool_state.json``: ``resume`` continues a killed pool from
+    its first incomplete batch (same batches, same seeds), so it ends bit-identical to an
+    uninterrupted one.
 
     Args:
         checkpoint: a ``synth train`` run folder, its ``model/last`` or a checkpoint folder.
@@ -267,79 +276,154 @@ def sample_pool(
         limit: take only the first ``limit`` masks.
         layout: layout of ``masks`` when it is a dataset folder (``auto`` detects it).
         device: where to sample (default: CUDA when available, else CPU).
+        overwrite: replace the pool files in a non-empty ``out_dir``.
+        resume: continue the partial pool in ``out_dir`` (its settings must match).
+        skip_unreadable: leave out unreadable masks (listed in ``skipped.json``) instead of stopping.
 
     Raises:
-        ConfigError, MissingWeightsError, DataError, RunDirError (``out_dir`` not empty without ``overwrite``).
+        ConfigError, MissingWeightsError, DataError, RunDirError (``out_dir`` not empty without
+        ``overwrite`` / ``resume``), RunLockedError (another process writes the pool).
     """
-    from laworder.data.io import write_image, write_mask
+    from laworder.data.io import read_mask
+    from laworder.data.precheck import readable_inputs, write_skipped
+    from laworder.runlock import run_lock
 
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every mask), got {limit}")
     check_sampling_args(steps, guidance_scale, eta, mask_guidance=mask_guidance)
-    items = collect_masks(masks, split=split, layout=layout)[:limit]  # fail on bad masks before anything else
+    items = collect_masks(masks, split=split, layout=layout)[:limit]
+    _, skipped = readable_inputs([item.path for item in items], read_mask, skip_unreadable, what="masks")
+    items = [item for item in items if str(item.path) not in skipped]  # every mask read before anything is written
     out_dir = Path(out_dir)
-    state = parallel.process_state()
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise RunDirError(f"{out_dir} is not empty; pass overwrite=True (--overwrite) to replace it")
-        for name in ("images", "masks", MANIFEST) if state.is_main_process else ():
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    parallel.wait(state)  # the main process has cleared out_dir before anyone writes
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunDirError(f"pool folder {out_dir} is a file; choose a folder path")
     backbone, config, weight_files = load_backbone(checkpoint)
-    device = parallel.inference_device(state, device)
-    for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
-        module.to(device)
-    sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg, mask_guidance)
-    size = backbone.resolution
-    # Under `accelerate launch` each process takes whole batches (see laworder.parallel).
-    batches = parallel.my_share(parallel.batches_of(items, batch_size), state)
-    if progress and state.is_main_process:
+    try:
+        torch.device(device) if device is not None else None
+    except RuntimeError as exc:
+        raise ConfigError(f"device={device!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
+    settings = {"checkpoint_sha256": files_sha256(weight_files), "seed": seed, "steps": steps,
+                "guidance_scale": guidance_scale, "mask_guidance": mask_guidance, "eta": eta, "batch_size": batch_size, "batched_cfg": batched_cfg,
+                "resolution": backbone.resolution, "stems": [item.stem for item in items]}
+    state = parallel.process_state()
+    continuing = _check_pool_folder(out_dir, settings, overwrite, resume)
+    parallel.wait(state)  # every process has checked the folder before the main one locks and clears it
+    # Under `accelerate launch` the main process holds the lock and clears; each process takes whole batches.
+    with run_lock(out_dir, "synth sample") if state.is_main_process else contextlib.nullcontext():
+        if state.is_main_process and not continuing:
+            for name in (*POOL_FILES, POOL_STATE):
+                target = out_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+            _write_json(out_dir / POOL_STATE, settings)
+        if state.is_main_process:
+            write_skipped(out_dir, skipped)
+        parallel.wait(state)  # the main process has cleared out_dir before anyone writes
+        device = parallel.inference_device(state, device)
+        for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
+            module.to(device)
+        sampler = MaskConditionedSampler(backbone, steps, guidance_scale, eta, batched_cfg, mask_guidance)
+        batches = parallel.my_share(parallel.batches_of(items, batch_size), state)
+        _sample_batches(sampler, batches, out_dir, seed, device, progress and state.is_main_process)
+        parallel.wait(state)  # every process has written its batches
+        if not state.is_main_process:
+            parallel.wait(state)  # returns once the main process has written the manifest
+            return out_dir
+        entries = [{"stem": item.stem, "seed": mask_seed(seed, item.stem), "source_mask": str(item.path)} for item in items]
+        manifest = {
+            "method": config.objective,
+            "objective_kwargs": config.objective_kwargs,
+            "backbone": config.backbone,
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "checkpoint_sha256": settings["checkpoint_sha256"],
+            "seed": seed,
+            "seed_rule": "base seed + crc32(stem)",
+            "guidance_scale": guidance_scale,
+            "mask_guidance": mask_guidance,
+            "guidance_rule": "eps(c,m) + (g-1)(eps(c,m) - eps(null,m)) + (s-1)(eps(c,m) - eps(c, no ControlNet))",
+            "steps": steps,
+            "eta": eta,
+            "sampler": "DDIM",
+            "batched_cfg": batched_cfg,
+            "resolution": backbone.resolution,
+            "count": len(entries),
+            "source": str(masks) if isinstance(masks, (str, Path)) else type(masks).__name__,
+            "split": split,
+            "layout": "pairs",
+            "skipped": sorted(skipped),
+            "items": entries,
+        }
+        _write_json(out_dir / MANIFEST, manifest)
+    parallel.wait(state)
+    return out_dir
+
+
+POOL_STATE = "pool_state.json"  # the settings of a pool being written (compared on resume)
+POOL_FILES = ("images", "masks", MANIFEST, "skipped.json")
+
+
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _check_pool_folder(out_dir: Path, settings: dict, overwrite: bool, resume: bool) -> bool:
+    """Whether sampling continues a partial pool (``resume`` with matching settings); raises when
+    ``out_dir`` holds files and neither ``overwrite`` nor a matching ``resume`` allows writing."""
+    from laworder.runlock import LOCK_FILE, is_locked, read_holder
+
+    if not out_dir.is_dir() or not [p for p in out_dir.iterdir() if p.name != LOCK_FILE]:
+        return False
+    if is_locked(out_dir):
+        from laworder.errors import RunLockedError
+
+        holder = read_holder(out_dir) or {}
+        raise RunLockedError(f"{out_dir} is locked by pid {holder.get('pid')} on host {holder.get('host')}; "
+                             "another process is writing this pool")
+    if resume:
+        try:
+            previous = json.loads((out_dir / POOL_STATE).read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous == settings:
+            return True
+        if not overwrite:
+            reason = ("it has no readable " + POOL_STATE) if previous is None else "settings differ: " + ", ".join(
+                sorted(k for k in settings if previous.get(k) != settings[k]))
+            raise RunDirError(f"cannot resume the pool in {out_dir}: {reason}; pass --overwrite to replace it")
+        return False
+    if not overwrite:
+        raise RunDirError(f"{out_dir} is not empty; pass --resume to continue a killed pool or --overwrite to replace it")
+    return False
+
+
+def _sample_batches(sampler: MaskConditionedSampler, batches: list[list[MaskItem]], out_dir: Path, seed: int,
+                    device: torch.device, progress: bool) -> None:
+    """Sample the batches whose files are not all on disk yet (batches fixed by position, so a
+    resumed pool groups masks exactly as an uninterrupted one)."""
+    from laworder.data.io import write_image, write_mask
+
+    size = sampler.backbone.resolution
+    if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="sample", unit="batch")
-    entries = []
     for batch in batches:
+        if all((out_dir / sub / f"{item.stem}.png").is_file() for item in batch for sub in ("images", "masks")):
+            continue  # written before an interruption
         mask_batch = torch.stack([load_mask_tensor(item.path, size) for item in batch]).to(device)
-        seeds = [mask_seed(seed, item.stem) for item in batch]
-        images = sampler.sample(mask_batch, seeds)
+        images = sampler.sample(mask_batch, [mask_seed(seed, item.stem) for item in batch])
         pixels = ((images.float().cpu() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        for item, pixel, mask, item_seed in zip(batch, pixels, mask_batch.cpu(), seeds):
-            write_image(out_dir / "images" / f"{item.stem}.png", np.round(pixel * 255).astype(np.uint8))
-            write_mask(out_dir / "masks" / f"{item.stem}.png", mask[0].numpy() > 0.5)
-            entries.append({"stem": item.stem, "seed": item_seed, "source_mask": str(item.path)})
-    order = {item.stem: index for index, item in enumerate(items)}
-    entries = sorted(parallel.gather(entries, state), key=lambda entry: order[entry["stem"]])
-    if not state.is_main_process:
-        parallel.wait(state)  # returns once the main process has written the manifest
-        return out_dir
-    manifest = {
-        "method": config.objective,
-        "objective_kwargs": config.objective_kwargs,
-        "backbone": config.backbone,
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_sha256": files_sha256(weight_files),
-        "seed": seed,
-        "seed_rule": "base seed + crc32(stem)",
-        "guidance_scale": guidance_scale,
-        "mask_guidance": mask_guidance,
-        "guidance_rule": "eps(c,m) + (g-1)(eps(c,m) - eps(null,m)) + (s-1)(eps(c,m) - eps(c, no ControlNet))",
-        "steps": steps,
-        "eta": eta,
-        "sampler": "DDIM",
-        "batched_cfg": batched_cfg,
-        "resolution": size,
-        "count": len(entries),
-        "source": str(masks) if isinstance(masks, (str, Path)) else type(masks).__name__,
-        "split": split,
-        "layout": "pairs",
-        "items": entries,
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    parallel.wait(state)
-    return out_dir
+        for item, pixel, mask in zip(batch, pixels, mask_batch.cpu()):
+            # each file under a temporary name first: a kill leaves whole files or none
+            for sub, write, value in (("images", write_image, np.round(pixel * 255).astype(np.uint8)),
+                                      ("masks", write_mask, mask[0].numpy() > 0.5)):
+                final = out_dir / sub / f"{item.stem}.png"
+                tmp = final.with_name(f".{item.stem}.tmp.png")
+                write(tmp, value)
+                tmp.replace(final)

@@ -41,7 +41,10 @@ def build_backbone(config: SynthConfig) -> Backbone:
     if config.resolution is not None:
         kwargs["resolution"] = config.resolution
     # the ControlNet copies the UNet encoder: build it only once a pretrained UNet is loaded
-    backbone = create_backbone(config.backbone, controlnet=config.stage == "controlnet" and not config.base, **kwargs)
+    try:
+        backbone = create_backbone(config.backbone, controlnet=config.stage == "controlnet" and not config.base, **kwargs)
+    except TypeError as exc:  # an unknown backbone_kwargs key
+        raise ConfigError(f"backbone_kwargs={config.backbone_kwargs!r} not accepted by backbone {config.backbone!r} ({exc})") from None
     if config.stage == "base":
         if backbone.pretrained_unet:
             backbone.set_unet_trainable("all")

@@ -9,7 +9,9 @@ Layout of one checkpoint folder ``checkpoints/step_00001234/``::
     trainer_state.json          epoch, batch within epoch, global step, best metric (written last)
 
 A folder is written under a temporary name and renamed into place, so a killed run leaves
-either a complete checkpoint or none; ``latest_checkpoint`` ignores incomplete folders.
+either a complete checkpoint or none; ``latest_checkpoint`` ignores incomplete folders. A write
+that fails (disk full, unwritable folder) removes its temporary folder, keeps the previous
+checkpoint and raises :class:`~laworder.errors.CheckpointWriteError`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from laworder.errors import CheckpointWriteError, DataError, MissingWeightsError
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
@@ -42,12 +46,28 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True
     """safetensors -> module (in place); a clear error names the file when it is missing."""
     path = Path(path)
     if not path.is_file():
-        from laworder.errors import MissingWeightsError
-
         raise MissingWeightsError(f"weights file not found: {path}")
-    state = load_file(str(path))
-    module.load_state_dict(state, strict=strict)
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for a corrupt header
+        raise DataError(f"{path}: not a readable safetensors weights file ({exc})") from None
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0:2]
+        raise DataError(f"{path}: weights do not fit the {type(module).__name__} this run's config describes "
+                        f"({' '.join(first)})") from None
     return module
+
+
+def _write_failed(what: Path, tmp: Path, root: Path, exc: OSError) -> CheckpointWriteError:
+    """Remove the half-written ``tmp`` and describe what was kept."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    kept = latest_checkpoint(root) if root.is_dir() else None
+    return CheckpointWriteError(
+        f"could not write {what} ({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}); "
+        f"training stopped, last good checkpoint kept: {kept or 'none written yet'}. "
+        "Free disk space or fix the folder's permissions, then rerun with --resume")
 
 
 def rng_state() -> dict[str, Any]:
@@ -78,22 +98,23 @@ def write_checkpoint(
     keep: int = 1,
 ) -> Path:
     """Write ``root/step_<step>`` atomically and prune older ones beyond ``keep``."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, module in weights.items():
-        save_weights(module, tmp / f"{name}.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    with open(tmp / STATE_FILE, "w") as fh:
-        json.dump(trainer_state, fh, indent=2)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for name, module in weights.items():
+            save_weights(module, tmp / f"{name}.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        with open(tmp / STATE_FILE, "w") as fh:
+            json.dump(trainer_state, fh, indent=2)
+        _swap_into_place(tmp, final)
+    except OSError as exc:
+        raise _write_failed(final, tmp, root, exc) from exc
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -130,19 +151,29 @@ def read_checkpoint(
 
 def write_weights_folder(folder: Path, weights: dict[str, nn.Module], meta: dict[str, Any]) -> Path:
     """Write a self-contained weights folder (``best/``, ``last/``) atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, module in weights.items():
-        save_weights(module, tmp / f"{name}.safetensors")
-    with open(tmp / "meta.json", "w") as fh:
-        json.dump(meta, fh, indent=2)
-    old = folder.parent / f".old-{folder.name}"
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        for name, module in weights.items():
+            save_weights(module, tmp / f"{name}.safetensors")
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump(meta, fh, indent=2)
+        _swap_into_place(tmp, folder)
+    except OSError as exc:
+        raise _write_failed(folder, tmp, folder.parent.parent / "checkpoints", exc) from exc
+    return folder
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete ``tmp`` folder to ``final``; an older ``final`` is moved aside first and
+    deleted only once the new one is in place, so one complete copy exists at every moment."""
+    old = final.parent / f".old-{final.name}"
     if old.exists():
         shutil.rmtree(old)
-    return folder
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

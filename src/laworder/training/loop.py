@@ -6,9 +6,11 @@ step and one validation pass do (see ``laworder.training.task``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from laworder.config import save_config, to_dict
 from laworder.errors import ConfigError, NonFiniteLossError, RunDirError
+from laworder.runlock import run_lock
 from laworder.training import checkpoint as ckpt
 from laworder.training.config import LoopConfig
 from laworder.training.optim import OPTIMIZERS, SCHEDULERS
@@ -44,14 +47,24 @@ class FitResult:
     seconds: float
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
+    """The run files already in ``run_dir``; raises ``RunDirError`` (writing nothing) when the folder
+    holds another run and neither ``resume`` nor ``overwrite`` is set, or is not a folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output {run_dir} is a file, not a folder; choose a folder path")
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not (resume or overwrite):
         raise RunDirError(
             f"{run_dir} already holds a run ({', '.join(existing)}); "
             "pass --resume to continue it or --overwrite to replace it"
         )
+    return existing
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite (call it holding
+    the folder's ``run_lock``: with ``overwrite`` it deletes the previous run's files)."""
+    existing = check_run_dir(run_dir, resume, overwrite)
     if overwrite and not resume:
         for name in existing:
             target = run_dir / name
@@ -137,10 +150,28 @@ def fit(
 
     ``run_config`` (a dataclass) is written to ``<output_dir>/config.yaml``; default: ``config``.
     Weights land in ``<output_dir>/model/{last,best}/<module>.safetensors`` (the EMA weights when EMA is
-    on, the raw ones then in ``model/raw/``); resumable state in
-    ``<output_dir>/checkpoints/``. Raises ``NonFiniteLossError`` on a NaN/inf loss without
-    touching the last good checkpoint, and ``RunDirError`` when the folder holds another run.
+    on, the raw ones then in ``model/raw/``); resumable state in ``<output_dir>/checkpoints/``.
+    The folder's ``run_lock`` is held throughout (one writer).
+
+    Raises:
+        ConfigError: an out-of-range loop setting (checked before anything is written).
+        RunDirError: the folder holds another run (without ``resume`` / ``overwrite``).
+        RunLockedError: another live process writes into the folder.
+        NonFiniteLossError / CheckpointWriteError: a NaN/inf loss or a failed checkpoint write;
+            the last good checkpoint is kept.
     """
+    from laworder.training.validate import check_loop_config
+
+    check_loop_config(config)
+    run_dir = Path(config.output_dir)
+    check_run_dir(run_dir, config.resume, config.overwrite)
+    main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` only rank 0 locks
+    with run_lock(run_dir, "training") if main_process else contextlib.nullcontext():
+        return _fit(task, train_dataset, config, val_dataset, run_config)
+
+
+def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_dataset: Dataset | None,
+         run_config: Any) -> FitResult:
     started = time.time()
     run_dir = Path(config.output_dir)
     tracking = RunTracking(config.report_to, run_dir)  # a missing tracker package stops here, before any write

@@ -1,0 +1,63 @@
+"""``check_seg_config``: everything about a segmentation run that can be checked before writing.
+
+Called first by ``train_segmenter`` and ``run_protocol``: ranges, the model name and its keyword
+arguments, the image size against the model's input divisor, and the extra pool folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from laworder.errors import ConfigError, DataError
+from laworder.seg.config import SegTrainConfig
+from laworder.training.validate import at_least, between, check_loop_config, one_of
+
+
+def build_checked_model(config: SegTrainConfig) -> nn.Module:
+    """``create_model(config.model, ...)`` with bad keyword arguments reported as a ``ConfigError``."""
+    from laworder.models import create_model
+    from laworder.seg.classes import model_class_kwargs
+
+    try:
+        return create_model(config.model, in_channels=config.channels, **model_class_kwargs(config.labels),
+                            **config.model_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model_kwargs={config.model_kwargs!r} not accepted by model {config.model!r} ({exc})") from None
+
+
+def check_image_size(model: nn.Module, image_size: int, model_name: str, where: str = "image_size") -> None:
+    """``image_size`` must be a positive multiple of the model's input divisor (32 for most)."""
+    from laworder.models.base import nearest_valid_size
+
+    divisor = int(getattr(model, "input_divisor", 1))
+    if image_size < divisor or image_size % divisor:
+        raise ConfigError(f"{where}={image_size} does not fit model {model_name!r}: it needs a multiple of {divisor} "
+                          f"(nearest: {nearest_valid_size(image_size, divisor)})")
+
+
+def check_seg_config(config: SegTrainConfig) -> nn.Module:
+    """Validate ``config`` (raising ``ConfigError`` / ``DataError`` naming the key); returns the
+    model it describes, freshly built, so the caller need not build it twice."""
+    from laworder.models.registry import MODELS
+
+    check_loop_config(config.loop)
+    MODELS.get(config.model)  # "unknown model ...; known: ..." before anything else
+    one_of("channels", config.channels, (1, 3))
+    at_least("image_size", config.image_size, 1)
+    between("val_fraction", config.val_fraction, 0, 1, "[)")
+    between("threshold", config.threshold, 0, 1, "()")
+    at_least("bce_weight", config.bce_weight, 0)
+    at_least("dice_weight", config.dice_weight, 0)
+    if config.bce_weight == 0 and config.dice_weight == 0:
+        raise ConfigError("bce_weight and dice_weight are both 0: the loss would be constant; set one > 0")
+    at_least("extra_limit", config.extra_limit, 0, optional=True)
+    at_least("split_seed", config.split_seed, 0, optional=True)
+    at_least("augment.rotate_degrees", config.augment.rotate_degrees, 0)
+    for folder in config.extra_train:
+        if not Path(folder).is_dir():
+            raise DataError(f"extra_train: {folder} is not a folder (expected a pair folder with images/ and masks/)")
+    model = build_checked_model(config)
+    check_image_size(model, config.image_size, config.model)
+    return model

@@ -1,0 +1,198 @@
+"""Run many bad-input CLI cases in ONE process (one torch import instead of one per case).
+
+    python bad_inputs_harness.py ROOT CASES.json RESULTS.json
+
+``ROOT`` holds the fixtures (``build_fixtures`` makes them once: a tiny dataset, a trained
+segmenter, a trained diffusion run, a pool, corrupt files, ...). Each case is
+``{"id": ..., "argv": [...], "env": {...}}`` with ``{name}`` placeholders filled from the fixture
+paths. For each case the harness snapshots every file under ``ROOT`` (and the working folder),
+calls ``laworder.cli.main(argv)`` with stdout/stderr captured, and records the exit code, the
+stderr text and the files created, changed or removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """path -> size + sha1 of every file (and empty folder) under ``root``."""
+    files = {}
+    for folder, dirs, names in os.walk(root):
+        if not dirs and not names:
+            files[os.path.relpath(folder, root) + "/"] = "dir"
+        for name in names:
+            path = Path(folder) / name
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b"<unreadable>"
+            files[str(path.relative_to(root))] = f"{len(data)}:{hashlib.sha1(data).hexdigest()}"
+    return files
+
+
+def build_fixtures(root: Path) -> dict[str, str]:
+    """Small inputs every case refers to (returned as placeholder name -> path)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from laworder.cli import main
+    from laworder.data.procedural import generate_procedural
+
+    root.mkdir(parents=True, exist_ok=True)
+    fx = {"root": str(root)}
+    fx["data"] = str(generate_procedural(root / "data", num_images=6, size=32, seed=0))
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        assert main(["seg", "train", "--data", fx["data"], "--model", "mk_unet", "--image-size", "32", "--epochs", "1",
+                     "--batch-size", "4", "-o", str(root / "segrun"), "--no-progress"]) == 0
+        assert main(["synth", "train", "--data", fx["data"], "--objective", "uniform", "--resolution", "32",
+                     "--set", "backbone_kwargs.preset=tiny", "--max-steps", "1", "--batch-size", "2",
+                     "-o", str(root / "synthrun"), "--no-progress"]) == 0
+        assert main(["synth", "sample", str(root / "synthrun"), fx["data"], str(root / "pool"), "--steps", "1",
+                     "--limit", "2", "--no-progress", "--device", "cpu"]) == 0
+    fx.update(segrun=str(root / "segrun"), synthrun=str(root / "synthrun"), pool=str(root / "pool"))
+    fx["missing"] = str(root / "does-not-exist")
+    fx["empty"] = str(root / "empty")
+    (root / "empty").mkdir()
+    fx["file"] = str(root / "a-file.txt")
+    (root / "a-file.txt").write_text("not a folder\n")
+    fx["nonempty"] = str(root / "nonempty")
+    (root / "nonempty").mkdir()
+    (root / "nonempty" / "keep.txt").write_text("someone else's file\n")
+    images = root / "images"
+    images.mkdir()
+    for stem, source in zip(("a", "b"), sorted((Path(fx["data"]) / "images").iterdir())):
+        (images / f"{stem}.png").write_bytes(source.read_bytes())
+    fx["images"] = str(images)
+    corrupt = root / "corrupt_images"
+    corrupt.mkdir()
+    good = (images / "a.png").read_bytes()
+    (corrupt / "a.png").write_bytes(good)
+    (corrupt / "b.png").write_bytes(good[: len(good) // 2])  # truncated
+    fx["corrupt_images"] = str(corrupt)
+    # a pair folder whose second image is truncated
+    corrupt_data = root / "corrupt_data"
+    for sub in ("images", "masks"):
+        (corrupt_data / sub).mkdir(parents=True)
+        for index, path in enumerate(sorted((Path(fx["data"]) / sub).iterdir())[:4]):
+            data = path.read_bytes()
+            (corrupt_data / sub / path.name).write_bytes(data[: len(data) // 3] if (index == 1 and sub == "images") else data)
+    fx["corrupt_data"] = str(corrupt_data)
+    masks_bad = root / "corrupt_masks"
+    masks_bad.mkdir()
+    (masks_bad / "m1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    fx["corrupt_masks"] = str(masks_bad)
+    # a pool whose image is truncated
+    corrupt_pool = root / "corrupt_pool"
+    for path in Path(fx["pool"]).rglob("*"):
+        if path.is_file():
+            target = corrupt_pool / path.relative_to(fx["pool"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    first = sorted((corrupt_pool / "images").iterdir())[0]
+    first.write_bytes(first.read_bytes()[:40])
+    fx["corrupt_pool"] = str(corrupt_pool)
+    # a run folder whose weights are garbage
+    bad_weights = root / "bad_weights_run"
+    (bad_weights / "model" / "best").mkdir(parents=True)
+    (bad_weights / "config.yaml").write_text((Path(fx["segrun"]) / "config.yaml").read_text())
+    (bad_weights / "model" / "best" / "model.safetensors").write_bytes(b"garbage" * 10)
+    fx["bad_weights_run"] = str(bad_weights)
+    wrong_weights = root / "wrong_weights_run"
+    (wrong_weights / "model" / "best").mkdir(parents=True)
+    (wrong_weights / "config.yaml").write_text((Path(fx["segrun"]) / "config.yaml").read_text().replace("mk_unet", "order"))
+    (wrong_weights / "model" / "best" / "model.safetensors").write_bytes(
+        (Path(fx["segrun"]) / "model" / "best" / "model.safetensors").read_bytes())
+    fx["wrong_weights_run"] = str(wrong_weights)
+    yamls = root / "yaml"
+    yamls.mkdir()
+    (yamls / "list.yaml").write_text("- 1\n- 2\n")
+    (yamls / "broken.yaml").write_text("loop: {lr: [1,\n")
+    (yamls / "nokind.yaml").write_text("title: x\n")
+    (yamls / "badkind.yaml").write_text("kind: nosuch\n")
+    (yamls / "seg_compare.yaml").write_text(f"kind: seg_compare\noutput_dir: {root / 'exp_out'}\n")
+    fx["yaml"] = str(yamls)
+    fx["existing_json"] = str(root / "scores.json")
+    (root / "scores.json").write_text("{}\n")
+    # a dataset with one huge-header image (a decompression bomb by its header: 30000×30000, a few bytes on disk)
+    import struct
+    import zlib
+
+    bomb = root / "bomb"
+    bomb.mkdir()
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    (bomb / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
+    fx["bomb"] = str(bomb)
+    fx["locked"] = str(root / "locked")  # held by another process (the test starts it)
+    fx["nnunet_existing"] = str(root / "nnunet_raw")
+    (root / "nnunet_raw" / "Dataset501_Polyps").mkdir(parents=True)
+    (root / "nnunet_raw" / "Dataset501_Polyps" / "dataset.json").write_text("{}\n")
+    return fx
+
+
+def fill(word: str, fx: dict[str, str]) -> str:
+    """``{name}`` placeholders -> fixture paths (other braces, as in ``{a: 1}``, stay)."""
+    for name, value in fx.items():
+        word = word.replace("{" + name + "}", value)
+    return word
+
+
+def run_cases(root: Path, cases: list[dict], fx: dict[str, str]) -> list[dict]:
+    from laworder.cli import main
+
+    results = []
+    cwd = Path.cwd()
+    for case in cases:
+        argv = [fill(word, fx) for word in case["argv"]]
+        before = {**snapshot(root), **{f"cwd/{k}": v for k, v in snapshot(cwd).items()}}
+        out, err = io.StringIO(), io.StringIO()
+        saved_env = {k: os.environ.get(k) for k in case.get("env", {})}
+        os.environ.update(case.get("env", {}))
+        logging.root.handlers.clear()  # main's basicConfig binds the current (captured) stderr
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = main(argv)
+                except SystemExit as exc:  # --help/--version only; errors must not exit
+                    code = f"SystemExit({exc.code})"
+        except BaseException as exc:  # noqa: BLE001  a case that escapes main is a failure to report
+            code = f"raised {type(exc).__name__}: {exc}"
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            from laworder.data.io import set_max_image_pixels
+
+            set_max_image_pixels(None)
+        after = {**snapshot(root), **{f"cwd/{k}": v for k, v in snapshot(cwd).items()}}
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        results.append({"id": case["id"], "argv": argv, "code": code, "stderr": err.getvalue(), "changed": changed})
+    return results
+
+
+def main() -> None:
+    root, cases_file, results_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    fx_file = root.parent / "fixtures.json"
+    if fx_file.is_file():
+        fx = json.loads(fx_file.read_text())
+    else:
+        fx = build_fixtures(root)
+        fx_file.write_text(json.dumps(fx))
+    if len(sys.argv) > 4 and sys.argv[4] == "--fixtures-only":
+        return
+    cases = json.loads(cases_file.read_text())
+    results_file.write_text(json.dumps(run_cases(root, cases, fx), indent=1))
+
+
+if __name__ == "__main__":
+    main()
