@@ -143,7 +143,7 @@ def test_image_over_the_pixel_cap_is_refused_by_name_without_decoding(tmp_path, 
     from laworder.data import io
 
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(png_header(30000, 30000))  # 900 M pixels by its header, 60 bytes on disk
+    bomb.write_bytes(png_header(30000, 30000))  # 900 M pixels by its header, ~100 bytes on disk
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or None)
     with pytest.raises(DataError, match="bomb.png") as refused:
@@ -163,12 +163,15 @@ def test_image_over_the_pixel_cap_is_refused_by_name_without_decoding(tmp_path, 
 
 
 def png_header(width: int, height: int) -> bytes:
-    """The signature and IHDR chunk of an 8-bit grayscale PNG of any claimed size (no pixel data)."""
+    """An 8-bit grayscale PNG claiming any size, with a few bytes of pixel data (a decompression bomb's header)."""
     import struct
     import zlib
 
-    body = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # --- --set keeps strings ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from laworder.errors import RunLockedError
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".laworder.lock"
-_HELD: dict[Path, list] = {}  # resolved folder -> [fd, depth]
+_HELD: dict[Path, list] = {}  # resolved folder -> [fd, depth, created the folder]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,6 +82,7 @@ def acquire(folder: str | os.PathLike, what: str = "run") -> None:
     if key in _HELD:
         _HELD[key][1] += 1
         return
+    created = not key.exists()
     key.mkdir(parents=True, exist_ok=True)
     path = key / LOCK_FILE
     while True:
@@ -92,6 +93,8 @@ def acquire(folder: str | os.PathLike, what: str = "run") -> None:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
+            if created:  # cannot happen (someone locked a folder we just made), but leave nothing behind
+                _remove_if_empty(key)
             raise RunLockedError(f"{key} is locked by {_describe(read_holder(key))}; "
                                  f"wait for it to finish or stop it before another {what} writes there") from None
         # the previous holder may have removed the file between our open and our lock: retry on the new one
@@ -109,11 +112,11 @@ def acquire(folder: str | os.PathLike, what: str = "run") -> None:
             print(f"laworder: warning: taking over the lock of {key} left by pid {stale.get('pid')} "
                   "(no longer running)", file=sys.stderr)
     record = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-              "command": " ".join(sys.argv[:1] and [Path(sys.argv[0]).name] + sys.argv[1:]),
+              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
-    _HELD[key] = [fd, 1]
+    _HELD[key] = [fd, 1, created]
 
 
 def release(folder: str | os.PathLike) -> None:
@@ -132,6 +135,13 @@ def release(folder: str | os.PathLike) -> None:
         (key / LOCK_FILE).unlink()
     fcntl.flock(held[0], fcntl.LOCK_UN)
     os.close(held[0])
+    if held[2]:
+        _remove_if_empty(key)  # a run that failed before writing anything leaves no empty folder
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 @contextlib.contextmanager

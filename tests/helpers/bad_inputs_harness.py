@@ -128,8 +128,12 @@ def build_fixtures(root: Path) -> dict[str, str]:
 
     bomb = root / "bomb"
     bomb.mkdir()
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
-    (bomb / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)  # 900 M pixels claimed, ~100 bytes on disk
+    (bomb / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                   + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     fx["bomb"] = str(bomb)
     fx["locked"] = str(root / "locked")  # held by another process (the test starts it)
     fx["nnunet_existing"] = str(root / "nnunet_raw")

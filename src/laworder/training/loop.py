@@ -160,11 +160,15 @@ def fit(
         NonFiniteLossError / CheckpointWriteError: a NaN/inf loss or a failed checkpoint write;
             the last good checkpoint is kept.
     """
+    from laworder.training.tracking import check_report_to
     from laworder.training.validate import check_loop_config
 
     check_loop_config(config)
     run_dir = Path(config.output_dir)
     check_run_dir(run_dir, config.resume, config.overwrite)
+    check_report_to(config.report_to)
+    if config.resume:
+        resolve_resume(config)
     main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` only rank 0 locks
     with run_lock(run_dir, "training") if main_process else contextlib.nullcontext():
         return _fit(task, train_dataset, config, val_dataset, run_config)
