@@ -310,8 +310,9 @@ def test_ege_unet_flops_match_its_authors_and_table_7():
 def test_full_flops_add_the_attention_matmuls():
     model = create_model("order")
     conv_only, full = conv_linear_flops(model), full_flops(model, (1, 3, 256, 256))
-    # Three N×N×32 products per head, 2 heads, at 1024 tokens (H/8) and 256 tokens (H/16):
-    attention = 2 * 3 * 2 * 32 * (1024**2 + 256**2)
+    # Two fused SDPA calls of two N×N×32 products each (S is recomputed, not stored), per head,
+    # 2 heads, at 1024 tokens (H/8) and 256 tokens (H/16):
+    attention = 2 * 4 * 2 * 32 * (1024**2 + 256**2)
     assert full == pytest.approx(conv_only + attention, rel=0.02)
     mk_unet = create_model("mk_unet")  # no matmuls: both conventions agree
     assert full_flops(mk_unet) == conv_linear_flops(mk_unet)
@@ -356,17 +357,22 @@ def test_onnx_export_matches_onnxruntime(name):
     torch.testing.assert_close(torch.from_numpy(single), torch_logits[:1], atol=1e-4, rtol=1e-4)
 
 
-def test_order_per_sample_inference_attention_matches_batched_path():
-    """No-grad batched inference attends one sample at a time (for memory); it must give the
-    same logits as the batched path that training (grad enabled) takes."""
+def _explicit_reads(q, k, vd, ve):
+    """The pre-SDPA path: one materialised similarity S, softmax along each axis."""
+    s = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return s.softmax(-1) @ ve, s.transpose(-2, -1).softmax(-1) @ vd
+
+
+@pytest.mark.parametrize("tokens_d, tokens_e", [(64, 64), (48, 80)])
+def test_fused_skip_attention_equals_the_explicit_shared_similarity(tokens_d, tokens_e):
+    """R_d = SDPA(Q_d, K_e, V_e), R_e = SDPA(K_e, Q_d, V_d): outputs and gradients as explicit S."""
     torch.manual_seed(0)
-    model = create_model("order").eval()
-    for module in model.modules():
-        if hasattr(module, "proj_decoder"):  # zero-initialised: give the attention a say
-            torch.nn.init.normal_(module.proj_decoder.weight, 0, 0.1)
-            torch.nn.init.normal_(module.proj_skip.weight, 0, 0.1)
-    images = torch.rand(3, 3, 64, 64)
-    with torch.no_grad():
-        per_sample = model(images)
-    batched = model(images).detach()
-    assert torch.allclose(per_sample, batched, atol=1e-6)
+    module = BidirectionalSkipAttention(16, num_heads=2, head_dim=32)
+    shapes = [(3, 2, tokens_d, 32), (3, 2, tokens_e, 32), (3, 2, tokens_d, 32), (3, 2, tokens_e, 32)]
+    inputs = [(2 * torch.randn(*shape)).requires_grad_() for shape in shapes]  # peaked softmax
+    fused = module._attend(*inputs)
+    grads_fused = torch.autograd.grad(sum((r * w).sum() for r, w in zip(fused, (1.0, -0.5))), inputs)
+    explicit = _explicit_reads(*inputs)
+    grads_explicit = torch.autograd.grad(sum((r * w).sum() for r, w in zip(explicit, (1.0, -0.5))), inputs)
+    for a, b in zip((*fused, *grads_fused), (*explicit, *grads_explicit)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)

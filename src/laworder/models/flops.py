@@ -4,8 +4,11 @@
   hooks. This is the convention of the paper's tables (MK-UNet-T 0.10 G, ORDER[0,1] 0.11 G at
   256²): attention matmuls, norms, activations, pooling, resizing and biases are not counted.
 * ``full_flops``: every FLOP ``torch.utils.flop_counter.FlopCounterMode`` sees (convolutions and
-  all matmuls, also 2 per multiply-accumulate), so it includes ORDER's ``Q Kᵀ``, ``softmax(S) V``
-  and ``softmax(Sᵀ) V`` products; it is what the attention really costs.
+  all matmuls, also 2 per multiply-accumulate), so it includes ORDER's attention: two fused
+  ``scaled_dot_product_attention`` calls, ``Q Kᵀ`` + ``softmax(S) V`` and ``K Qᵀ`` + ``softmax(Sᵀ) V``
+  (the fused kernels recompute S rather than store it: four N×N×d_h products per head, not three);
+  it is what the attention really costs. PyTorch's counter has no formula for the CPU flash
+  kernel, so one is registered here (the same as for the CUDA kernels).
 """
 
 from __future__ import annotations
@@ -15,9 +18,17 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten._scaled_dot_product_flash_attention_for_cpu`` (forward): ``QKᵀ`` and ``PV``."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_SDPA_CPU_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -72,7 +83,7 @@ def conv_linear_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 
 
 def full_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 256, 256)) -> int:
     """All FLOPs ``FlopCounterMode`` counts in one forward (convs + every matmul, incl. attention)."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_SDPA_CPU_FLOPS)
     with counter:
         _dummy_forward(model, input_size)
     return counter.get_total_flops()

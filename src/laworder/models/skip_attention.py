@@ -64,8 +64,9 @@ class BidirectionalSkipAttention(nn.Module):
         head_dim: per-head width d_h (the projections have ``num_heads * head_dim`` channels).
 
     After every forward, ``last_gate`` holds the detached per-sample gate values, shape ``(B,)``.
-    Memory grows as ``B · H_a · (HW)²``: at 256² input the H/8 skip holds 1024 tokens, the H/4 one
-    4096 (the 8 GB of ORDER[2,1] in Table 9).
+    With explicit attention maps memory grows as ``B · H_a · (HW)²`` (at 256² input the H/8 skip
+    holds 1024 tokens, the H/4 one 4096: the 8 GB of ORDER[2,1] in Table 9); the fused kernels
+    used here keep it linear in HW.
     """
 
     def __init__(self, channels: int, num_heads: int = 2, head_dim: int = 32) -> None:
@@ -99,20 +100,33 @@ class BidirectionalSkipAttention(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``B×(H_a·d_h)×H×W -> B×H_a×N×d_h``."""
-        return x.reshape(x.shape[0], self.num_heads, self.head_dim, -1).transpose(-2, -1)
+        """``B×(H_a·d_h)×H×W -> B×H_a×N×d_h`` with unit stride along d_h.
+
+        The fused CPU attention kernel needs a contiguous last dimension (otherwise SDPA falls
+        back to the unfused math path); token-major ``B×N×C`` is free for channels_last input.
+        """
+        tokens = x.flatten(2).transpose(1, 2).contiguous()  # B×N×C; no copy when x is channels_last
+        return tokens.reshape(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _merge_heads(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``B×H_a×N×d_h -> B×(H_a·d_h)×H×W`` with the spatial size of ``like``."""
+        """``B×H_a×N×d_h -> B×(H_a·d_h)×H×W`` with the spatial size of ``like`` (channels_last memory)."""
         batch, _, height, width = like.shape
-        return x.transpose(-2, -1).reshape(batch, self.num_heads * self.head_dim, height, width)
+        tokens = x.transpose(1, 2).reshape(batch, height, width, self.num_heads * self.head_dim)
+        return tokens.permute(0, 3, 1, 2)
 
     def _attend(self, query_d: torch.Tensor, key_e: torch.Tensor, value_d: torch.Tensor,
                 value_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 13-14 on ``B×H_a×N×d_h`` tensors: ONE similarity S, read in both directions."""
-        similarity = (query_d * self.head_dim**-0.5) @ key_e.transpose(-2, -1)  # eq. 13, B×H_a×N×N
-        read_decoder = similarity.softmax(dim=-1) @ value_e  # eq. 14: R_d
-        read_skip = similarity.transpose(-2, -1).softmax(dim=-1) @ value_d  # R_e, same S
+        """Eq. 13-14 on ``B×H_a×N×d_h`` tensors: ONE similarity S, read in both directions.
+
+        ``R_d = softmax(S) V_e`` with ``S = Q_d K_eᵀ/√d_h``, and ``R_e = softmax(Sᵀ) V_d`` where
+        ``Sᵀ = K_e Q_dᵀ/√d_h``: the same S, so both reads are PyTorch's fused attention with the
+        roles of Q_d and K_e swapped. The fused kernels never materialise the N×N maps (the
+        explicit ``softmax(S) @ V`` held B·H_a·N² floats per direction, ~270 MB at 256², batch
+        16) and are faster on CPU; outputs and gradients equal the explicit path within float32
+        rounding (tests/test_models.py checks both, and against eq. 12-17 written with einsum).
+        """
+        read_decoder = F.scaled_dot_product_attention(query_d, key_e, value_e)  # eq. 14: R_d
+        read_skip = F.scaled_dot_product_attention(key_e, query_d, value_d)  # R_e, same S transposed
         return read_decoder, read_skip
 
     def forward(self, decoder: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -121,15 +135,9 @@ class BidirectionalSkipAttention(nn.Module):
         query_d, value_d = self._split_heads(query_d), self._split_heads(value_d)
         key_e, value_e = self._split_heads(key_e), self._split_heads(value_e)
 
-        if torch.is_grad_enabled() or _is_exporting() or query_d.shape[0] == 1:
-            read_decoder, read_skip = self._attend(query_d, key_e, value_d, value_e)
-        else:
-            # Inference on a batch: one sample at a time keeps only one sample's N×N maps alive
-            # (at 256², batch 16: ~270 MB of similarity/softmax maps -> ~17 MB), same arithmetic.
-            # Training keeps the batched path: autograd stores the maps for backward either way.
-            reads = [self._attend(*parts) for parts in zip(*(t.split(1) for t in (query_d, key_e, value_d, value_e)))]
-            read_decoder = torch.cat([r[0] for r in reads])
-            read_skip = torch.cat([r[1] for r in reads])
+        # Batched at inference too: the fused kernels hold no N×N maps, so the former
+        # one-sample-at-a-time loop (which kept only one sample's maps alive) is not needed.
+        read_decoder, read_skip = self._attend(query_d, key_e, value_d, value_e)
         delta_decoder = self.proj_decoder(self._merge_heads(read_decoder, decoder))  # eq. 15
         delta_skip = self.proj_skip(self._merge_heads(read_skip, skip))
 
