@@ -185,3 +185,23 @@ def test_every_packaged_config_is_declared_as_package_data():
     shipped = [p.relative_to(package).as_posix() for p in (package / "configs").rglob("*") if p.is_file()]
     assert shipped and all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in shipped), shipped
     assert (root / "configs").resolve() == (package / "configs").resolve(), "configs/ links to the packaged configs"
+
+
+def test_wandb_run_keeps_its_id_over_a_resume_and_writes_under_the_run(tmp_path, monkeypatch):
+    from laworder.training.tracking import RunTracking
+
+    class FakeAccelerator:
+        is_main_process = True
+        calls: list = []
+
+        def init_trackers(self, project, config=None, init_kwargs=None):
+            self.calls.append((project, config, init_kwargs))
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setattr("laworder.training.tracking.check_report_to", lambda report_to: None)  # wandb not installed here
+    accelerator = FakeAccelerator()
+    RunTracking("wandb", tmp_path / "run").start(accelerator, {"loop": {"lr": 1e-4, "seed": 0}, "data": "x"}, None)
+    RunTracking("wandb", tmp_path / "run").start(accelerator, {"loop": {"lr": 1e-4, "seed": 0}, "data": "x"}, 10)
+    (project, config, first), (_, _, resumed) = accelerator.calls
+    assert config == {"loop.lr": 1e-4, "loop.seed": 0, "data": "x"}
+    assert first["wandb"]["dir"] == str(tmp_path / "run" / "logs") and first["wandb"]["id"] == resumed["wandb"]["id"]

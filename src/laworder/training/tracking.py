@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +133,9 @@ class RunTracking:
             init_kwargs["tensorboard"] = {"purge_step": resume_step + 1}
         if self._csv is not None:
             self._csv.resume_step = resume_step
-        if self.report_to == "wandb":
+        if self.report_to == "wandb" and accelerator.is_main_process:
             init_kwargs["wandb"] = {"dir": os.environ.get("WANDB_DIR", str(self.log_dir)), "name": self.log_dir.parent.name,
-                                    "resume": "allow" if resume_step is not None else None}
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+                                    "id": self._wandb_run_id(fresh=resume_step is None), "resume": "allow"}
         # accelerate writes TensorBoard events to <logging_dir>/<project>: project "logs" -> <run>/logs
         project = os.environ.get("WANDB_PROJECT", "laworder") if self.report_to == "wandb" else LOG_DIR
         # TensorBoard's hparams view writes a second event folder; the config text is clearer.
@@ -145,6 +145,14 @@ class RunTracking:
             import yaml
 
             accelerator.log({"config": "```\n" + yaml.safe_dump(run_config, sort_keys=False) + "```"}, step=0)
+
+    def _wandb_run_id(self, fresh: bool) -> str:
+        """One W&B run per run folder: the id is kept in ``logs/wandb_run_id`` so a resume continues it."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        id_file = self.log_dir / "wandb_run_id"
+        if fresh or not id_file.is_file():
+            id_file.write_text(uuid.uuid4().hex[:12])
+        return id_file.read_text().strip()
 
     def scalars(self, record: dict[str, Any], step: int) -> None:
         """Log a ``metrics.jsonl`` record (its ``step``, ``epoch``, ``time`` keys are not curves)."""
