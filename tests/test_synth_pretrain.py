@@ -163,7 +163,10 @@ def test_train_on_a_base_trains_only_the_controlnet_and_phi_then_samples(data_di
     assert sorted(p.name for p in (run / "validation").iterdir()) == ["step_00000002.png", "step_00000004.png"]
     assert {"grad_norm", "loss_dice", "delta_lesion"} <= set(records(run)[-1])
     pool = sample_pool(run, data_dir, tmp_path / "pool", steps=2, split="test", guidance_scale=2.0)
-    assert len(list((pool / "images").iterdir())) == 2
+    raw = sample_pool(run / "model" / "raw", data_dir, tmp_path / "raw", steps=2, split="test", guidance_scale=2.0)
+    assert len(list((pool / "images").iterdir())) == 2 == len(list((raw / "images").iterdir()))
+    assert json.loads((pool / "manifest.json").read_text())["checkpoint_sha256"] != \
+        json.loads((raw / "manifest.json").read_text())["checkpoint_sha256"]
 
 
 def test_the_controlnet_starts_from_the_base_unet_which_stays_frozen(data_dir, base_run):
