@@ -333,3 +333,14 @@ def test_the_recipe_from_the_command_line(data_dir, tmp_path, capsys):
     assert main(["synth", "train", "--data", str(data_dir), "--base", str(tmp_path / "vae"), "-o", str(tmp_path / "bad"),
                  *common]) == 2
     assert "is not a `laworder synth pretrain` run" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_siamese_dense_hint_fits_the_latent_resolution(data_dir, base_run):
+    task = SynthTask(controlnet_config(data_dir, base_run, objective="siamese"))
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:10, 4:10] = 1
+    hint = task.backbone.mask_hint(masks)
+    embedded = task.backbone.modules["controlnet"].controlnet_cond_embedding(hint)
+    assert embedded.shape[-2:] == (4, 4)  # 16² mask -> 4² latents
+    output = task.training_step({"image": torch.rand(2, 3, 16, 16), "mask": masks}, torch.Generator().manual_seed(0))
+    assert torch.isfinite(output.loss)

@@ -20,7 +20,7 @@ Run folder (the training core's, plus)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -199,8 +199,7 @@ def train_vae(config: VaeConfig | dict[str, Any]) -> Path:
     size, channels = config.resolution, config.image_channels
     dataset = PairDataset(train, size=size, channels=channels, cache=config.cache_images)
     val = PairDataset(held_out, size=size, channels=channels, cache=config.cache_images)
-    loop = replace(config.loop, val_every=max(1, config.loop.val_every))
-    result = fit(task, dataset, loop, val_dataset=val, run_config=config)
+    result = fit(task, dataset, config.loop, val_dataset=val, run_config=config)
 
     vae = build_vae(config)
     load_weights(vae, result.run_dir / "model" / "last" / "vae.safetensors")

@@ -18,7 +18,7 @@ from torch import nn
 
 from laworder.errors import ConfigError
 from laworder.synth.backbones.base import BACKBONES, Backbone, decode_latents, encode_latents, hint_channels_for
-from laworder.synth.backbones.dense_hint import set_hint_input
+from laworder.synth.backbones.dense_hint import PAPER_DENSE_CHANNELS, set_hint_input
 
 
 class ConditionEmbedding(nn.Module):
@@ -85,7 +85,7 @@ class BuiltinBackbone(Backbone):
             downsamples (``hint_channels_for``: (16,) in pixel space, (16, 32, 96) for 4×).
         hint_input: ``sparse`` (ControlNet's hint encoder) or ``dense`` (Siamese-Diffusion's DHI,
             ``dense_hint.py``), the latter with residual blocks of ``dense_hint_channels``
-            at the image resolution (no patch merging in pixel space).
+            (default (16, 32) at the image resolution; on latents one more block per 2× patch merge).
         beta_schedule: DDPM schedule (default ``squaredcos_cap_v2`` in pixel space, which suits
             small images; SD's ``scaled_linear`` on latents).
         vae: a ``synth pretrain-vae`` run or a diffusers ``AutoencoderKL`` folder: diffuse in its
@@ -109,7 +109,7 @@ class BuiltinBackbone(Backbone):
         norm_num_groups: int | None = None,
         hint_channels: Sequence[int] | None = None,
         hint_input: str = "sparse",
-        dense_hint_channels: Sequence[int] = (16, 32),
+        dense_hint_channels: Sequence[int] | None = None,
         beta_schedule: str | None = None,
         num_train_timesteps: int = 1000,
         vae: str | None = None,
@@ -157,7 +157,10 @@ class BuiltinBackbone(Backbone):
         if self.vae is not None:
             self.frozen["vae"] = self.vae
         self.hint_channels = tuple(hint_channels) if hint_channels is not None else hint_channels_for(self.downsample)
-        self.hint_input, self.dense_hint_channels = hint_input, tuple(dense_hint_channels)
+        # dense hint: (16, 32) at the image resolution; one more block per 2x patch merge on latents
+        default_dense = PAPER_DENSE_CHANNELS[: max(2, self.downsample.bit_length())]
+        self.hint_input = hint_input
+        self.dense_hint_channels = tuple(dense_hint_channels) if dense_hint_channels is not None else default_dense
         self._target_size = target_size
         unet = UNet2DConditionModel(**unet_config(self.target_channels, target_size, **arch))
         self.modules = {"unet": unet}
