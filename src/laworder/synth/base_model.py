@@ -9,11 +9,12 @@ folder is written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 from laworder.config import from_dict, load_yaml
-from laworder.errors import ConfigError, MissingWeightsError
+from laworder.errors import ConfigError, DataError, MissingWeightsError
 from laworder.synth.backbones import Backbone
 from laworder.synth.config import STAGES, SynthConfig
 
@@ -88,11 +89,12 @@ def load_base_weights(backbone: Backbone, base: str | Path) -> None:
             continue
         try:
             load_weights(backbone.network(name), folder / f"{name}.safetensors")
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()
-            detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
-            raise ConfigError(f"--base {base}: its {name} weights do not fit this backbone "
-                              f"(latent channels or widths differ): {detail}") from None
+        except (RuntimeError, DataError) as err:
+            if "size mismatch" not in str(err):
+                raise
+            detail = re.search(r"size mismatch[^)]*\)[^)]*\)", str(err))
+            raise ConfigError(f"--base {base}: its {name} weights do not fit this backbone (latent channels or "
+                              f"widths differ): {detail.group(0) if detail else err}") from None
 
 
 __all__ = ["read_base_run", "resolve_base", "load_base_weights", "BASE_MODULES"]
