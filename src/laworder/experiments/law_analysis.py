@@ -184,7 +184,8 @@ def plot_law_analysis(result: dict[str, Any], out: str | Path) -> Path:
     left = axes[0][0]
     curve = result["contrast"]["curve"]
     if curve:
-        left.plot([r["step"] for r in curve], [r["contrast"] for r in curve], label="LAW w_final (per batch)")
+        left.plot([r["step"] for r in curve], [r["contrast"] for r in curve], marker="." if len(curve) < 50 else None,
+                  label="LAW w_final (per batch)")
     references = result["contrast"]["references"]
     styles = {"ratio_pooled": ("ratio (1−r)/r, pooled", "tab:red"),
               "law_delta_equals_mask_pooled": ("LAW if δ = m", "tab:green"), "uniform": ("uniform", "grey")}
