@@ -91,3 +91,14 @@ def test_the_probe_needs_held_out_pairs(tmp_path):
     with pytest.raises(DataError, match="probe_every=0"):
         train_synth(probe_config(tmp_path, str(folder)))
     assert not (tmp_path / "run").exists()
+
+
+def test_synth_train_probe_every_flag_writes_the_probe_plot(tmp_path, capsys):
+    from laworder.cli import main
+
+    run = tmp_path / "cli"
+    assert main(["synth", "train", "--data", "procedural:6:32:0:3", "--objective", "uniform", "--resolution", "32",
+                 "--set", "backbone_kwargs.preset=tiny", "--set", "probe_count=2", "--probe-every", "1",
+                 "--max-steps", "1", "--batch-size", "2", "-o", str(run), "--no-progress"]) == 0
+    assert "mask probe in probe.png" in capsys.readouterr().out and (run / "probe.png").is_file()
+    assert [r["step"] for r in read_probe(run)] == [1]

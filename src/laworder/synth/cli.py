@@ -18,7 +18,8 @@ def _config(args: argparse.Namespace):
     backbone_kwargs = {k: v for k, v in (("pretrained_path", args.pretrained), ("controlnet_path", getattr(args, "controlnet", None)),
                                          ("prompt", args.prompt), ("vae", args.vae)) if v is not None}
     extra = {"data": args.data, "objective": getattr(args, "objective", None), "backbone": args.backbone,
-             "resolution": args.resolution, "base": getattr(args, "base", None)}
+             "resolution": args.resolution, "base": getattr(args, "base", None),
+             "probe_every": getattr(args, "probe_every", None)}
     if args.stage == "base":
         extra.update(stage="base", objective="uniform")
     if backbone_kwargs:
@@ -131,6 +132,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--base", help="a `synth pretrain` run: its UNet/embedding/VAE are loaded and frozen, "
                                           "the ControlNet is made from its UNet (--set unet_trainable=decoder|all unlocks it)")
             p.add_argument("--controlnet", help="sd15: ControlNet folder to start from (default: from the UNet)")
+            p.add_argument("--probe-every", type=int, metavar="K",
+                           help="every K steps: ε-MSE on held-out test pairs with true vs shuffled masks "
+                                "(lesion/boundary/background) into metrics.jsonl, plotted as probe.png (0 = off)")
         p.add_argument("--vae", help="builtin: a `synth pretrain-vae` run (or diffusers AutoencoderKL folder): latent space")
         p.add_argument("--backbone", help="builtin (default) or sd15")
         p.add_argument("--pretrained", help="sd15: local diffusers-format Stable Diffusion 1.5 folder")
