@@ -205,3 +205,11 @@ def test_wandb_run_keeps_its_id_over_a_resume_and_writes_under_the_run(tmp_path,
     (project, config, first), (_, _, resumed) = accelerator.calls
     assert config == {"loop.lr": 1e-4, "loop.seed": 0, "data": "x"}
     assert first["wandb"]["dir"] == str(tmp_path / "run" / "logs") and first["wandb"]["id"] == resumed["wandb"]["id"]
+
+
+def test_experiment_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    from laworder.experiments.runner import load_experiment
+
+    monkeypatch.chdir(tmp_path)
+    kind, _, config = load_experiment("table4_augmentation_tiny")
+    assert kind == "augmentation" and config == load_experiment(packaged_configs()["table4_augmentation_tiny"])[2]

@@ -154,9 +154,9 @@ def _export_nnunet(args: argparse.Namespace) -> int:
 
 
 def _add_exp(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("exp", help="paper-table experiments (configs/exp/*.yaml)").add_subparsers(dest="action", required=True)
+    exp = sub.add_parser("exp", help="paper-table experiments (configs by name, e.g. table4_augmentation_tiny, or YAML files)").add_subparsers(dest="action", required=True)
     p = exp.add_parser("run", help="run the experiment a config describes and write its report")
-    p.add_argument("config", help="experiment YAML (kind: seg_compare | runtime | mask_recovery | augmentation | ...)")
+    p.add_argument("config", help="experiment YAML or packaged name, e.g. table4_augmentation_tiny (kind: seg_compare | runtime | mask_recovery | augmentation | ...)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set seg.loop.epochs=2 (repeatable)")
     p.add_argument("--output", "-o", help="run folder (default: the config's output_dir)")
