@@ -108,9 +108,14 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("evaluate-weights-of-other-model", ["seg", "evaluate", "{wrong_weights_run}"], {}),
     ("evaluate-missing-data", ["seg", "evaluate", "{segrun}", "--data", "{missing}", "--out", "{root}/ev"], {}),
     ("export-missing-run", ["seg", "export", "{missing}", "{root}/m.onnx"], {}),
+    ("export-out-is-folder", ["seg", "export", "{segrun}", "{empty}"], {}),
+    ("protocol-unknown-subset", ["seg", "protocol", "--data", "{data}", "--model", "mk_unet", "--image-size", "32",
+                                 "--seeds", "0", "--subset", "nosuch", "-o", "{root}/prot"], {}),
+    ("evaluate-unknown-subset", ["seg", "evaluate", "{segrun}", "--subset", "nosuch", "--out", "{root}/ev"], {}),
     ("export-image-size", ["seg", "export", "{segrun}", "{root}/m.onnx", "--image-size", "50"], {}),
     ("profile-unknown-model", ["seg", "profile", "--models", "nosuch", "--repeats", "1"], {}),
     ("profile-image-size", ["seg", "profile", "--models", "mk_unet", "--image-size", "33", "--repeats", "1"], {}),
+    ("profile-out-is-folder", ["seg", "profile", "--models", "mk_unet", "--image-size", "32", "--out", "{empty}"], {}),
     ("profile-batch-zero", ["seg", "profile", "--models", "mk_unet", "--batch-size", "0", "--repeats", "1"], {}),
     # seg predict: inputs before outputs
     ("predict-missing-run", ["seg", "predict", "{missing}", "{images}", "{root}/o"], {}),
@@ -134,6 +139,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("synth-existing-run", SYNTH_TRAIN + ["-o", "{synthrun}"], {}),
     ("synth-sd15-missing-weights", ["synth", "train", "--data", "{data}", "--backbone", "sd15", "--pretrained", "{missing}",
                                     "-o", "{root}/new_synth"], {}),
+    ("synth-unknown-objective-kwarg", SYNTH_TRAIN + ["--set", "objective_kwargs={nosuch: 1}"], {}),
     ("synth-unknown-backbone-kwarg", SYNTH_TRAIN + ["--set", "backbone_kwargs.nosuch=1"], {}),
     ("synth-locked", SYNTH_TRAIN + ["-o", "{locked}", "--overwrite"], {}),
     ("synth-config-bad-value", ["synth", "config", "--set", "cond_drop_prob=often"], {}),
@@ -164,6 +170,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("exp-bad-type", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "seeds=many"], {}),
     ("exp-seg-image-size", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "seg.image_size=50"], {}),
     ("exp-seg-lr", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "seg.loop.lr=-3"], {}),
+    ("exp-missing-data", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "seg.data={missing}"], {}),
+    ("exp-unknown-variant-model", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "variants=[{name: A, model: nosuch}]"], {}),
     ("exp-locked", ["exp", "run", "{yaml}/seg_compare.yaml", "--output", "{locked}", "--resume"], {}),
     ("recovery-missing-segmenter", ["exp", "mask-recovery", "{missing}", "{pool}"], {}),
     ("recovery-missing-pool", RECOVERY + ["{missing}"], {}),
@@ -189,6 +197,8 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("nnunet-image-size-zero", NNUNET + ["--image-size", "0"], {}),
     # demo
     ("demo-unknown-key", ["demo", "--set", "nosuch=1", "-o", "{root}/demo"], {}),
+    ("demo-bad-value", ["demo", "--set", "image_size=abc", "-o", "{root}/demo"], {}),
+    ("seg-extra-limit-above-pool", SEG_TRAIN + ["--set", "extra_train=[{pool}]", "--set", "extra_limit=99"], {}),
     ("demo-missing-config", ["demo", "--config", "{missing}.yaml", "-o", "{root}/demo"], {}),
 ]
 

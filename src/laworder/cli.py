@@ -239,6 +239,10 @@ def _seg_export(args: argparse.Namespace) -> int:
     from laworder.seg.loading import load_segmenter
 
     model, config = load_segmenter(args.run, args.which)
+    if Path(args.out).is_dir():
+        from laworder.errors import RunDirError
+
+        raise RunDirError(f"{args.out} is a folder; give the path of the .onnx file to write")
     if args.image_size is not None:
         from laworder.seg.validate import check_image_size
 
@@ -256,6 +260,10 @@ def _seg_profile(args: argparse.Namespace) -> int:
     from laworder.seg.validate import check_image_size
     from laworder.training.validate import at_least, one_of
 
+    if args.out and Path(args.out).is_dir():
+        from laworder.errors import RunDirError
+
+        raise RunDirError(f"--out {args.out} is a folder; give the path of the JSON file to write")
     at_least("--batch-size", args.batch_size, 1)
     at_least("--repeats", args.repeats, 1)
     for name in args.models or MODELS.names():

@@ -6,6 +6,7 @@ Segmenters, weighting objectives, dataset layouts and experiments each own one
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Generic, TypeVar
 
 from laworder.errors import ConfigError
@@ -42,7 +43,18 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def create(self, name: str, **kwargs) -> T:
-        return self.get(name)(**kwargs)
+        """Build entry ``name``; keyword arguments its signature does not take are a ``ConfigError``."""
+        factory = self.get(name)
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**kwargs)
+            except TypeError as exc:
+                raise ConfigError(f"{self.kind} {name!r} does not accept {sorted(kwargs)}: {exc}") from None
+        return factory(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -70,6 +70,24 @@ def load_experiment(source: str | os.PathLike | dict[str, Any], overrides: dict[
     return str(kind), experiment, config
 
 
+def check_sections(config: Any, where: str = "") -> None:
+    """The loop and data of every nested training section (``seg``, ``synth``, ...), checked
+    before the run folder is written (an experiment's ``validate`` checks its own keys)."""
+    from laworder.seg.validate import check_data_source
+    from laworder.training.config import LoopConfig
+    from laworder.training.validate import check_loop_config
+
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        key = f"{where}{field.name}"
+        if isinstance(value, LoopConfig):
+            check_loop_config(value, key)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if isinstance(getattr(value, "data", None), str):
+                check_data_source(value.data, f"{key}.data")
+            check_sections(value, f"{key}.")
+
+
 def config_class_of(source: str | os.PathLike | dict[str, Any], overrides: dict[str, Any] | None = None) -> type | None:
     """The config dataclass of the experiment ``source`` describes (None when its kind is unknown)."""
     raw = dict(source) if isinstance(source, dict) else load_yaml(source)
@@ -121,6 +139,7 @@ def run_experiment(source: str | os.PathLike | dict[str, Any], overrides: dict[s
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output {run_dir} is a file, not a folder; choose a folder path")
     experiment.validate(config)
+    check_sections(config)
 
     from laworder.runlock import run_lock
 

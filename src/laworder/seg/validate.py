@@ -37,6 +37,12 @@ def check_image_size(model: nn.Module, image_size: int, model_name: str, where: 
                           f"(nearest: {nearest_valid_size(image_size, divisor)})")
 
 
+def check_data_source(data: str, key: str = "data") -> None:
+    """``data`` is an existing folder or a ``procedural[...]`` spec (its layout is checked later)."""
+    if not str(data).startswith("procedural") and not Path(data).exists():
+        raise DataError(f"{key}: dataset not found: {data} (a dataset folder or procedural[:N[:SIZE[:SEED]]])")
+
+
 def check_seg_config(config: SegTrainConfig) -> nn.Module:
     """Validate ``config`` (raising ``ConfigError`` / ``DataError`` naming the key); returns the
     model it describes, freshly built, so the caller need not build it twice."""
@@ -55,6 +61,7 @@ def check_seg_config(config: SegTrainConfig) -> nn.Module:
     at_least("extra_limit", config.extra_limit, 0, optional=True)
     at_least("split_seed", config.split_seed, 0, optional=True)
     at_least("augment.rotate_degrees", config.augment.rotate_degrees, 0)
+    check_data_source(config.data)
     for folder in config.extra_train:
         if not Path(folder).is_dir():
             raise DataError(f"extra_train: {folder} is not a folder (expected a pair folder with images/ and masks/)")

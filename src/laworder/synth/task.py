@@ -98,9 +98,13 @@ class SynthTask(TrainTask):
         #: (stems, masks) sampled into validation grids, set by ``train_synth``; None = off
         self.validation: tuple[list[str], torch.Tensor] | None = None
         self.noise_scheduler = self.backbone.noise_scheduler()
-        self.objective: Objective = create_objective(
-            config.objective, channels=self.backbone.target_channels, **config.objective_kwargs
-        )
+        try:
+            self.objective: Objective = create_objective(
+                config.objective, channels=self.backbone.target_channels, **config.objective_kwargs
+            )
+        except TypeError as exc:  # an unknown objective_kwargs key
+            raise ConfigError(f"objective_kwargs={config.objective_kwargs!r} not accepted by objective "
+                              f"{config.objective!r} ({exc})") from None
         modules: dict[str, nn.Module] = dict(self.backbone.modules)
         if self.objective.has_parameters:
             modules["objective"] = self.objective
