@@ -36,3 +36,9 @@ class RunLockedError(LaworderError, RuntimeError):
 class CheckpointWriteError(LaworderError, OSError):
     """A checkpoint or weights folder could not be written (disk full, unwritable folder);
     the last good checkpoint is kept."""
+
+
+class WeightsMismatchError(DataError, RuntimeError):
+    """A weights file does not fit the module it is loaded into (shapes or names differ).
+
+    Also a ``RuntimeError``, like the ``load_state_dict`` error it replaces."""

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from laworder.errors import CheckpointWriteError, DataError, MissingWeightsError
+from laworder.errors import CheckpointWriteError, DataError, MissingWeightsError, WeightsMismatchError
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step_"
@@ -55,7 +55,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True
         module.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0:2]
-        raise DataError(f"{path}: weights do not fit the {type(module).__name__} this run's config describes "
+        raise WeightsMismatchError(f"{path}: weights do not fit the {type(module).__name__} this run's config describes "
                         f"({' '.join(first)})") from None
     return module
 
