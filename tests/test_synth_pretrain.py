@@ -344,3 +344,18 @@ def test_siamese_dense_hint_fits_the_latent_resolution(data_dir, base_run):
     assert embedded.shape[-2:] == (4, 4)  # 16² mask -> 4² latents
     output = task.training_step({"image": torch.rand(2, 3, 16, 16), "mask": masks}, torch.Generator().manual_seed(0))
     assert torch.isfinite(output.loss)
+
+
+def test_a_pixel_space_base_takes_a_full_resolution_controlnet(data_dir, tmp_path):
+    base = train_synth(synth_config(data_dir, tmp_path / "base", "uniform", stage="base", resolution=16,
+                                    backbone_kwargs={"preset": "tiny"}, loop=dict(max_steps=2, snapshot_every=0)))
+    task = SynthTask(controlnet_config(data_dir, base, objective="law"))
+    assert task.backbone.target_size == 16 and task.backbone.vae is None
+    assert set(task.modules) == {"controlnet", "objective"}
+    hint = task.backbone.mask_hint(torch.zeros(1, 1, 16, 16))
+    assert task.backbone.modules["controlnet"].controlnet_cond_embedding(hint).shape[-2:] == (16, 16)
+
+
+def test_unet_trainable_without_a_pretrained_unet_is_an_error(data_dir):
+    with pytest.raises(ConfigError, match="needs a pretrained UNet"):
+        SynthTask(synth_config(data_dir, resolution=16, backbone_kwargs={"preset": "tiny"}, unet_trainable="decoder"))

@@ -56,6 +56,9 @@ def build_backbone(config: SynthConfig) -> Backbone:
         backbone.add_controlnet()
     if config.base or backbone.pretrained_unet:
         backbone.set_unet_trainable(config.unet_trainable)
+    elif config.unet_trainable != "none":
+        raise ConfigError(f"unet_trainable={config.unet_trainable!r} needs a pretrained UNet (--base RUN or the sd15 "
+                          f"backbone); without --base the {config.backbone} UNet trains from scratch with the ControlNet")
     return backbone
 
 
