@@ -202,9 +202,14 @@ class MKUNet(SegmentationModel):
             :func:`init_head_nonnegative_`); ``"reference"``: PyTorch's default, as the official
             MK-UNet (reproduces its draw, dead heads included, e.g. seed 1).
 
+    ``prefers_channels_last``: the training loop runs this family in channels_last memory by
+    default (oneDNN's depthwise convolutions; measured in bench/results/train_speed.md).
+
     Initialisation follows the reference: every conv of the blocks N(0, 0.02) with zero bias, BN
     (1, 0); the 1×1 output heads as ``head_init`` says (the reference never re-inits them).
     """
+
+    prefers_channels_last = True
 
     def __init__(
         self,

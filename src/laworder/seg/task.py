@@ -38,6 +38,12 @@ class SegTask(TrainTask):
         self.threshold = threshold
         self.no_positive_streak = 0  # consecutive validations that predicted no positive pixel
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the loop should train in channels_last memory (``LoopConfig.channels_last=None``):
+        the model's ``prefers_channels_last``, set where it was measured to pay."""
+        return bool(getattr(self.unwrapped("model"), "prefers_channels_last", False))
+
     def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
         images, masks = augment_batch(
             batch["image"], batch["mask"], generator,

@@ -25,6 +25,7 @@ from laworder.errors import ConfigError, NonFiniteLossError, RunDirError
 from laworder.runlock import run_lock
 from laworder.training import checkpoint as ckpt
 from laworder.training.config import LoopConfig
+from laworder.training.fast import CompiledStep, to_channels_last, wants_channels_last
 from laworder.training.optim import OPTIMIZERS, SCHEDULERS
 from laworder.training.sampling import EpochBatchSampler, step_generator
 from laworder.training.task import TrainTask
@@ -191,10 +192,13 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
         _enable_gradient_checkpointing(task)
     for module in task.frozen_modules().values():
         module.to(accelerator.device)
+    if wants_channels_last(task, config.channels_last):
+        to_channels_last(task.modules)  # before DDP wraps the modules and the optimizer sees them
     names = list(task.modules)
     prepared = accelerator.prepare(*[task.modules[n] for n in names])
     prepared = prepared if isinstance(prepared, tuple) else (prepared,)
     task.modules = dict(zip(names, prepared))
+    compiled_step = CompiledStep(task, config.compile)
 
     optimizer = OPTIMIZERS.create(
         config.optimizer, params=list(task.optimizer_parameters()), lr=config.lr,
@@ -265,21 +269,26 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
         for batch in loader:
             step = state["global_step"]
             batch = _to_device(batch, accelerator.device)
-            generator = step_generator(config.seed, step, accelerator.process_index)
             task.global_step, task.total_steps = step, total_steps  # for step-dependent schedules
-            with accelerator.autocast():
-                output = task.training_step(batch, generator)
-            loss_all = accelerator.gather(output.loss.detach().float().reshape(1))
-            if not torch.isfinite(loss_all).all():
-                last = ckpt.latest_checkpoint(checkpoint_root)
-                raise NonFiniteLossError(
-                    f"non-finite loss {loss_all.tolist()} at step {step} (epoch {state['epoch']}, "
-                    f"batch {state['batch_in_epoch']}); training stopped. Last good checkpoint: "
-                    f"{last if last else 'none written yet'}. Lower the learning rate, set grad_clip, "
-                    "or check the data (`laworder data check`)."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(output.loss)
+
+            def forward_backward():  # re-run eagerly, same generator, if torch.compile fails here
+                generator = step_generator(config.seed, step, accelerator.process_index)
+                with accelerator.autocast():
+                    output = task.training_step(batch, generator)
+                loss_all = accelerator.gather(output.loss.detach().float().reshape(1))
+                if not torch.isfinite(loss_all).all():
+                    last = ckpt.latest_checkpoint(checkpoint_root)
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss_all.tolist()} at step {step} (epoch {state['epoch']}, "
+                        f"batch {state['batch_in_epoch']}); training stopped. Last good checkpoint: "
+                        f"{last if last else 'none written yet'}. Lower the learning rate, set grad_clip, "
+                        "or check the data (`laworder data check`)."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(output.loss)
+                return output, loss_all
+
+            output, loss_all = compiled_step.run(forward_backward)
             # the norm (before clipping) over the trained parameters only, logged every step: a
             # frozen UNet must neither dilute the norm nor be clipped with the ControlNet
             grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip or math.inf)
@@ -340,7 +349,8 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
             json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
                        "num_processes": accelerator.num_processes,
                        "effective_batch_size": config.batch_size * accelerator.num_processes,
-                       "device": str(accelerator.device), "seconds": elapsed(),
+                       "device": str(accelerator.device), "compiled": compiled_step.active,
+                       "compile_fallback": compiled_step.reason, "seconds": elapsed(),
                        "session_seconds": time.time() - started}, fh, indent=2)
     tracking.finish()
     accelerator.wait_for_everyone()

@@ -34,6 +34,14 @@ def _adamw(params: Iterable, lr: float, weight_decay: float, **kwargs: Any) -> t
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
+@OPTIMIZERS.register("sgd")
+def _sgd(params: Iterable, lr: float, weight_decay: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """torch SGD (momentum 0.9 unless given): its updates are linear in the gradient, so two runs
+    whose gradients differ by float rounding stay that close, unlike Adam-type sign-like steps."""
+    kwargs.setdefault("momentum", 0.9)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
 # The schedules come from the libraries' schedule factories (LambdaLR, state saved with the
 # checkpoint). Warm-up is linear from 0 at step 0 (diffusers/transformers convention).
 @SCHEDULERS.register("cosine")
