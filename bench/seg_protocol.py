@@ -189,6 +189,12 @@ def collect(args: argparse.Namespace) -> dict:
             run = json.loads((folder / "run.json").read_text())
             cell.update(step=run.get("global_step"), total_steps=run.get("total_steps"),
                         train_seconds=run.get("seconds"), best_val_dice=run.get("best_metric"))
+        elif (folder / "metrics.jsonl").is_file():  # a run in progress writes run.json only at its end
+            logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            checkpoints = sorted((folder / "checkpoints").glob("step_*"))
+            cell.update(step=logged[-1]["step"] if logged else 0, total_steps="?",
+                        checkpoint_step=int(checkpoints[-1].name.split("_")[1]) if checkpoints else 0,
+                        train_seconds=logged[-1].get("time") if logged else None)
         if cell["state"] == "finished":
             ev = json.loads((folder / "eval.json").read_text())
             cell["subsets"] = {k: {"dice": v["dice"], "iou": v["iou"], "n": v["n"]} for k, v in ev["subsets"].items()}
@@ -230,6 +236,8 @@ def format_table(payload: dict) -> str:
     state_rows = ["| Run | State | Step | Train time (h) |", "|---|---|---|---|"]
     for c in cells:
         step = f"{c.get('step', 0)}/{c.get('total_steps', '?')}" if "step" in c else "–"
+        if "checkpoint_step" in c:
+            step += f" (resumes from step {c['checkpoint_step']})"
         hours = f"{c['train_seconds'] / 3600:.2f}" if c.get("train_seconds") else "–"
         state_rows.append(f"| {c['dataset']} {c['model']} seed {c['seed']} | {c['state']} | {step} | {hours} |")
     lines += ["### Runs", ""] + state_rows + [""]

@@ -147,3 +147,23 @@ def read_mask_values(path: Path) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(path))
+
+
+def test_every_shipped_weight_file_loads_into_its_model(monkeypatch):
+    """The weights inside the package (src/laworder/pretrained): each loads strictly into its model,
+    runs at its resolution, is small, and its card says how it was made and under which terms."""
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    shipped = list_pretrained(PACKAGE_DIR)
+    assert {"order/polyps", "order/brisc"} <= {w.name for w in shipped}
+    for weights in shipped:
+        assert weights.weights.stat().st_size < 1_000_000
+        model = create_model(weights.model, pretrained=weights.dataset)
+        size = weights.image_size
+        with torch.no_grad():
+            logits = model(torch.rand(1, weights.in_channels, size, size))
+        assert logits.shape == (1, weights.num_classes, size, size) and torch.isfinite(logits).all()
+        card = (weights.folder / "card.md").read_text()
+        assert weights.meta["command"] in card and "research" in weights.meta["terms"]
+        assert weights.kind in ("protocol", "short-cpu")
+        assert (weights.kind == "protocol") != ("Not the paper's protocol" in card)
+        assert 0.0 < weights.test_dice <= 1.0
