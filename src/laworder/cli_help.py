@@ -35,11 +35,13 @@ EXAMPLES: dict[str, str] = {
     "seg protocol": "laworder seg protocol --config polyps_paper --seeds 0 1 2 3 4 -o runs/polyps_paper/order",
     "seg config": "laworder seg config --config polyps_paper --set loop.epochs=50 > my_run.yaml\n"
                   "laworder seg train --config my_run.yaml -o runs/my_run",
-    "seg evaluate": "laworder seg evaluate runs/order --which best",
-    "seg predict": "laworder seg predict runs/order my_images/ out/ --resize pad --tta",
+    "seg evaluate": "laworder seg evaluate runs/order --which best\n"
+                    "laworder seg evaluate --pretrained order/polyps --data ../shared/data/polyps --out eval_polyps",
+    "seg predict": "laworder seg predict runs/order my_images/ out/ --resize pad --tta\n"
+                   "laworder seg predict --pretrained order/polyps my_images/ out/   # weights shipped in the package",
     "seg export": "laworder seg export runs/order order.onnx",
     "seg profile": "laworder seg profile --models order mk_unet --image-size 256 --out profile.json",
-    "seg list": "laworder seg list",
+    "seg list": "laworder seg list          # models, then the shipped weights (resolution, test Dice)",
     "synth pretrain-vae": "laworder synth pretrain-vae --data ../shared/data/polyps --resolution 128 -o runs/vae",
     "synth pretrain": "laworder synth pretrain --data ../shared/data/polyps --vae runs/vae -o runs/base",
     "synth train": "laworder synth train --data ../shared/data/polyps --objective law -o runs/law --report-to tensorboard\n"
