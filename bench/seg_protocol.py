@@ -192,9 +192,10 @@ def collect(args: argparse.Namespace) -> dict:
         elif (folder / "metrics.jsonl").is_file():  # a run in progress writes run.json only at its end
             logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
             checkpoints = sorted((folder / "checkpoints").glob("step_*"))
+            saved = json.loads((checkpoints[-1] / "trainer_state.json").read_text()) if checkpoints else {}
             cell.update(step=logged[-1]["step"] if logged else 0, total_steps="?",
-                        checkpoint_step=int(checkpoints[-1].name.split("_")[1]) if checkpoints else 0,
-                        train_seconds=logged[-1].get("time") if logged else None)
+                        checkpoint_step=int(saved.get("global_step", 0)),
+                        train_seconds=saved.get("seconds"))  # summed over sessions, up to the checkpoint
         if cell["state"] == "finished":
             ev = json.loads((folder / "eval.json").read_text())
             cell["subsets"] = {k: {"dice": v["dice"], "iou": v["iou"], "n": v["n"]} for k, v in ev["subsets"].items()}
@@ -233,7 +234,7 @@ def format_table(payload: dict) -> str:
         else:
             lines.append("Paired per-seed difference ORDER − MK-UNet: pending (no seed has both runs finished)")
         lines.append("")
-    state_rows = ["| Run | State | Step | Train time (h) |", "|---|---|---|---|"]
+    state_rows = ["| Run | State | Step | Train time (h, to the last checkpoint if unfinished) |", "|---|---|---|---|"]
     for c in cells:
         step = f"{c.get('step', 0)}/{c.get('total_steps', '?')}" if "step" in c else "–"
         if "checkpoint_step" in c:
