@@ -148,6 +148,8 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts for the latency ratio")
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--parts", nargs="+", default=["training", "inference", "latency"],
+                        help="measure only these; the others are kept from an existing --out file")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed.json"))
     args = parser.parse_args()
     size, batch = args.image_size, args.batch_size
@@ -157,7 +159,16 @@ def main() -> int:
                                 "torch": torch.__version__, "cores_visible": torch.get_num_interop_threads()},
                     "image_size": size, "batch_size": batch, "training": {}, "inference": {}, "latency": {}}
 
-    for name in args.models:  # training throughput, 1 thread
+    out = Path(args.out)
+    if set(args.parts) != {"training", "inference", "latency"} and out.is_file():
+        kept = json.loads(out.read_text())
+        for part in {"training", "inference", "latency"} - set(args.parts):
+            result[part] = kept.get(part, {})
+            result.setdefault("commands", {})[part] = kept.get("commands", {}).get(part, kept["command"])
+    for part in args.parts:
+        result.setdefault("commands", {})[part] = result["command"]
+
+    for name in (args.models if "training" in args.parts else []):  # training throughput, 1 thread
         fns = {kind: training_steps(name, kind, size, batch) for kind in ("before", "fast")}
         times = interleaved(fns, args.rounds, args.train_steps)
         key = f"{name}_{size}"
@@ -171,7 +182,7 @@ def main() -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:  # batch inference, 1 thread
+        for name in (args.models if "inference" in args.parts else []):  # batch inference, 1 thread
             fns = {kind: inference(name, kind, size, batch) for kind in ("before", "fast")}
             if not args.no_onnx:
                 fns["onnxruntime"] = onnx_inference(name, size, batch, Path(tmp))
@@ -184,7 +195,7 @@ def main() -> int:
                 **({"speedup_onnxruntime": speedup(times, "before", "onnxruntime")} if "onnxruntime" in times else {})}
             print(f"infer {key}: {result['inference'][key]['ms_per_image']}", flush=True)
 
-    for threads in args.threads:  # ORDER / MK-UNet latency at batch 1
+    for threads in (args.threads if "latency" in args.parts else []):  # ORDER / MK-UNet latency at batch 1
         torch.set_num_threads(threads)
         fns = {f"{name}_{kind}": inference(name, kind, size, 1) for kind in ("before", "fast") for name in ("order", "mk_unet")}
         times = interleaved(fns, args.latency_runs, 1, warmup=3)
@@ -194,7 +205,6 @@ def main() -> int:
             "order_over_mk_unet": {kind: minima[f"order_{kind}"] / minima[f"mk_unet_{kind}"] for kind in ("before", "fast")}}
         print(f"latency {threads} threads: {result['latency'][f'threads_{threads}']}", flush=True)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(format_markdown(result))
@@ -203,7 +213,8 @@ def main() -> int:
 
 
 def format_markdown(r: dict) -> str:
-    lines = [f"Command: `{r['command']}` (torch {r['machine']['torch']}, shared 2-core machine under load: "
+    commands = r.get("commands", {})
+    lines = [f"Command: `{r['command']}`" + "".join(f"; {k}: `{v}`" for k, v in commands.items() if v != r["command"]) + f" (torch {r['machine']['torch']}, shared 2-core machine under load: "
              "absolute numbers are noisy, the ratios are side by side in one process)", "",
              "\"before\": contiguous memory, explicit N×N attention (one sample at a time in batch inference); "
              "\"fast\": channels_last + two fused SDPA calls, batched (what the training loop and evaluation now use).", "",

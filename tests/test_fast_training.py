@@ -94,3 +94,18 @@ def test_errors_that_are_not_compile_errors_still_stop_training():
     with pytest.raises(ValueError):
         step.run(lambda: (_ for _ in ()).throw(ValueError("bad data")))
     assert step.active
+
+
+def test_evaluation_runs_the_mk_unet_family_channels_last_with_the_same_probabilities(tiny_data):
+    from laworder.data.layouts import load_dataset
+    from laworder.models import create_model
+    from laworder.seg.evaluate import evaluate_records, predict_probabilities
+
+    torch.manual_seed(0)
+    model = create_model("order").eval()
+    images = torch.rand(3, 3, 32, 32)
+    before = predict_probabilities(model, images)
+    records = {"proc": load_dataset(str(tiny_data)).train[:4]}
+    evaluate_records(model, records, 32)
+    assert model.get_parameter("skip_fusion.3.decoder_proj.0.weight").is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(predict_probabilities(model, images), before, rtol=1e-4, atol=1e-5)
