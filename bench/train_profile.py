@@ -41,7 +41,7 @@ FAMILIES = [
 def family(op: str) -> str:
     name = op.removeprefix("aten::")
     for label, keys in FAMILIES:
-        if any(name == k or name.startswith(k) for k in keys):
+        if any(name == k or name.startswith(k) or (len(k) > 12 and k in name) for k in keys):
             return label
     return "other (elementwise, copies, reductions)"
 
