@@ -219,11 +219,14 @@ def _seg_predict(args: argparse.Namespace) -> int:
         model = OnnxSegmenter(args.onnx)
     files, skipped = readable_inputs(list_images(source), lambda path: open_image(path).close(),
                                      args.skip_unreadable, what="images")
-    from laworder.parallel import process_state
+    from laworder.parallel import process_state, wait
 
-    main_process = process_state().is_main_process  # under accelerate launch every process runs this
+    state = process_state()
+    main_process = state.is_main_process  # under accelerate launch every process runs this
     if check_output_dir(out, args.overwrite) and main_process:
         clear_owned(out, PREDICT_OUTPUTS)
+    # every process checks the folder before any process writes into it
+    wait(state)
     written = predict_folder(model, files, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress,
