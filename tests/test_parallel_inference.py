@@ -19,27 +19,15 @@ from laworder.config import save_config
 from laworder.data.io import write_image, write_mask
 from laworder.models import create_model
 from laworder.seg.config import SegTrainConfig
-from laworder.synth.config import SynthConfig
-from laworder.synth.task import SynthTask
-from laworder.training import LoopConfig, save_weights
+from laworder.training import save_weights
+from test_synth_sampler import fake_run  # tests/ is on sys.path (rootdir conftest)
 
 HELPER = Path(__file__).parent / "helpers" / "cli_commands.py"
 
 
 def fake_synth_run(root: Path) -> Path:
-    """A ``synth train`` run folder with untrained tiny weights (ControlNet perturbed so masks matter)."""
-    config = SynthConfig(objective="uniform", resolution=32, backbone_kwargs={"preset": "tiny"},
-                         loop=LoopConfig(output_dir=str(root)))
-    torch.manual_seed(0)
-    task = SynthTask(config)
-    with torch.no_grad():
-        for parameter in task.modules["controlnet"].parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    save_config(config, root / "config.yaml")
-    (root / "model" / "last").mkdir(parents=True)
-    for name, module in task.modules.items():
-        save_weights(module, root / "model" / "last" / f"{name}.safetensors")
-    return root
+    """A ``synth train`` run folder with untrained tiny weights (test_synth_sampler's, objective uniform)."""
+    return fake_run(root, objective="uniform")
 
 
 def fake_seg_run(root: Path) -> Path:
