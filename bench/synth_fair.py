@@ -80,6 +80,24 @@ PLAN: dict[str, Any] = {
 }
 
 
+# The full plan is several days of this 2-core machine; the compact plan is the same protocol
+# (arms, 3 training seeds, 179 test masks, 2 sample seeds, DDIM 50, CFG 1 and 10, decision rule)
+# at 64² images (16² latents), with shorter pretraining and fine-tuning, so that every piece
+# finishes within one 3-hour session on two cores (weights are not committed).
+COMPACT_PLAN: dict[str, Any] = deepcopy(PLAN)
+COMPACT_PLAN.update(name="compact", resolution=64)
+COMPACT_PLAN["vae"].update(max_steps=1500, set=["block_out_channels=[16,32,64]"])
+COMPACT_PLAN["judge"].update(epochs=25)
+COMPACT_PLAN["base"].update(max_steps=1500)
+COMPACT_PLAN["controlnet"].update(max_steps=600, lr=2e-4,
+                                  set=["loop.ema_decay=0.999", "loop.snapshot_every=200", "probe_every=100",
+                                       "probe_count=16"])
+COMPACT_PLAN["sampling"].update(batch_size=32)
+COMPACT_PLAN["sampling"]["mask_guidance_sweep"]["scales"] = [0.0, 3.0]
+
+PLANS: dict[str, dict[str, Any]] = {"full": PLAN, "compact": COMPACT_PLAN}
+
+
 def tiny_plan(arms: list[str] | None = None) -> dict[str, Any]:
     """The same protocol on the built-in procedural data at toy sizes (seconds per piece);
     ``arms`` keeps only those arms (and the comparisons between them)."""
@@ -138,18 +156,20 @@ class Bench:
     def run_path(self, *parts: str) -> Path:
         return self.out / "runs" / Path(*parts)
 
-    def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
-        """Every piece in the order ``run`` does them (seed 0 of every arm before seed 1)."""
+    def groups(self) -> list[tuple[str, list[str], list[tuple[str, Callable[[], dict]]]]]:
+        """(group, the groups it needs, its pieces in order), every group after the ones it needs.
+        A worker takes a whole group: an arm's ControlNet and the pools sampled from it."""
         plan = self.plan
-        items: list[tuple[str, Callable[[], dict]]] = [("vae", self.vae)]
-        items += [(f"judge_{name}", lambda name=name: self.judge(name)) for name in plan["judge"]["candidates"]]
-        items += [("judge", self.choose_judge), ("vae_check", self.vae_check), ("base", self.base)]
-        seeds = plan["controlnet"]["seeds"]
+        candidates = [f"judge_{name}" for name in plan["judge"]["candidates"]]
+        groups: list[tuple[str, list[str], list[tuple[str, Callable[[], dict]]]]] = [("vae", [], [("vae", self.vae)])]
+        groups += [(name, [], [(name, lambda name=name: self.judge(name.removeprefix("judge_")))]) for name in candidates]
+        groups += [("judge", ["vae", *candidates], [("judge", self.choose_judge), ("vae_check", self.vae_check)]),
+                   ("base", ["vae"], [("base", self.base)])]
         sampling = plan["sampling"]
         sweep = sampling["mask_guidance_sweep"]
-        for seed in seeds:
+        for seed in plan["controlnet"]["seeds"]:
             for arm in plan["arms"]:
-                items.append((f"arm_{arm}_seed{seed}", lambda arm=arm, seed=seed: self.arm(arm, seed)))
+                items = [(f"arm_{arm}_seed{seed}", lambda arm=arm, seed=seed: self.arm(arm, seed))]
                 for sample_seed in sampling["sample_seeds"]:
                     for cfg in sampling["cfg"]:
                         name = pool_name(arm, seed, sample_seed, cfg, 1.0)
@@ -158,7 +178,12 @@ class Bench:
                     for scale in sweep["scales"]:
                         name = pool_name(arm, seed, sweep["sample_seed"], sweep["cfg"], scale)
                         items.append((name, lambda a=arm, s=seed, m=scale: self.pool(a, s, sweep["sample_seed"], sweep["cfg"], m)))
-        return items
+                groups.append((f"arm_{arm}_seed{seed}", ["base", "judge"], items))
+        return groups
+
+    def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
+        """Every piece in the order one worker does them (seed 0 of every arm before seed 1)."""
+        return [piece for _, _, items in self.groups() for piece in items]
 
     # the pieces ----------------------------------------------------------------------------
     def vae(self) -> dict:
@@ -233,7 +258,7 @@ class Bench:
             command, took = self.laworder(
                 "synth", "sample", str(run), self.data, str(folder / subset), "--split", subset,
                 "--steps", str(sampling["steps"]), "--guidance", str(cfg), "--mask-guidance", str(mask_guidance),
-                "--seed", str(sample_seed), "--batch-size", "16", "--overwrite", "--no-progress")
+                "--seed", str(sample_seed), "--batch-size", str(sampling.get("batch_size", 16)), "--overwrite", "--no-progress")
             commands.append(command)
             seconds += took
         from laworder.experiments.mask_recovery import recovery_per_image
@@ -425,26 +450,90 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_pieces(bench: Bench, until: str | None = None) -> list[str]:
-    """Do every unfinished piece in order (up to ``until``); returns the names it did."""
-    ran = []
-    for name, piece in bench.pieces():
-        if bench.done(name) is None:
-            print(f"[synth_fair] piece {name}", flush=True)
-            started = time.time()
-            record = piece()
-            record.setdefault("piece_seconds", time.time() - started)
-            bench.finish(name, record)
-            ran.append(name)
-        if name == until:
-            break
-    return ran
+def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.0) -> list[str]:
+    """Do every unfinished piece (up to ``until``); returns the names this process did.
+
+    Several processes may run at once (``run`` in two shells on two cores): each takes the first
+    group that is neither done nor claimed by a live process and whose groups it needs are done,
+    claims it with a file under ``claims/`` (created exclusively; a dead holder's claim is taken
+    over), and waits when nothing is ready yet. One process does the groups in order."""
+    ran: list[str] = []
+    claims, waiting = bench.out / "claims", ""
+    while True:
+        groups = bench.groups()
+        done = {group for group, _, items in groups if all(bench.done(name) for name, _ in items)}
+        if until is not None and bench.done(until) is not None:
+            return ran
+        todo = [(group, needs, items) for group, needs, items in groups if group not in done]
+        if not todo:
+            return ran
+        ready = next(((g, items) for g, needs, items in todo if set(needs) <= done and claim(claims, g)), None)
+        if ready is None:
+            # the first unfinished group only needs finished groups, so one is running elsewhere
+            message = (f"[synth_fair] waiting: {', '.join(g for g, _, _ in todo if claimed_by_live(claims, g))} "
+                       "running in another process")
+            if message != waiting:
+                print(message, flush=True)
+                waiting = message
+            time.sleep(poll_seconds)
+            continue
+        group, items = ready
+        try:
+            for name, piece in items:
+                if bench.done(name) is None:
+                    print(f"[synth_fair] piece {name}", flush=True)
+                    started = time.time()
+                    record = piece()
+                    record.setdefault("piece_seconds", time.time() - started)
+                    bench.finish(name, record)
+                    ran.append(name)
+                if name == until:
+                    return ran
+        finally:
+            (claims / f"{group}.json").unlink(missing_ok=True)
+
+
+def claim(claims: Path, group: str) -> bool:
+    """Claim ``group`` for this process: True if it is now ours."""
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / f"{group}.json"
+    if claimed_by_live(claims, group):
+        return False
+    path.unlink(missing_ok=True)  # a dead process's claim
+    try:
+        with open(path, "x") as handle:
+            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    except FileExistsError:  # another process claimed it between the check and the create
+        return False
+    return True
+
+
+def claimed_by_live(claims: Path, group: str) -> bool:
+    path = claims / f"{group}.json"
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if holder.get("host") != os.uname().nodename:
+        return True  # another machine's claim cannot be checked: respect it
+    if holder.get("pid") == os.getpid():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["run", "status", "analyse", "plan"])
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "synth_fair"))
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full",
+                        help="full: the issue's sizes (days on 2 CPU cores, minutes per piece on a GPU); compact: "
+                             "64² images, every piece within one session on 2 cores")
+    parser.add_argument("--out", help="default: bench/results/synth_fair (full), bench/results/synth_fair/compact")
     parser.add_argument("--tiny", action="store_true", help="procedural data, toy sizes (a smoke test of the protocol)")
     parser.add_argument("--until", help="stop after this piece (e.g. base, arm_law_seed0)")
     parser.add_argument("--replan", action="store_true", help="overwrite plan.json (say why in the README)")
@@ -452,8 +541,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    plan = tiny_plan() if args.tiny else PLAN
-    out = Path(args.out)
+    plan = tiny_plan() if args.tiny else PLANS[args.plan]
+    default_out = ROOT / "bench" / "results" / "synth_fair"
+    out = Path(args.out) if args.out else default_out / ("compact" if args.plan == "compact" else "")
     bench = Bench(plan, out)
     command = "python bench/synth_fair.py " + " ".join(sys.argv[1:])
     fix_plan(plan, out, args.replan)

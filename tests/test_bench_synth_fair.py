@@ -37,6 +37,39 @@ def test_the_full_plan_follows_the_issue(fair):
     assert len(pools) == 6 * 3 * 2 * 2 + 6 * 3  # arms × seeds × sample seeds × CFG + the mask-guidance sweep
 
 
+def test_the_compact_plan_keeps_the_protocol_and_the_decision_rule(fair):
+    full, compact = fair.PLAN, fair.COMPACT_PLAN
+    for key in ("arms", "test_subsets", "stats", "decision_rule", "data"):
+        assert compact[key] == full[key]
+    assert compact["controlnet"]["seeds"] == full["controlnet"]["seeds"]
+    for key in ("steps", "sample_seeds", "cfg"):
+        assert compact["sampling"][key] == full["sampling"][key]
+    assert compact["resolution"] == 64 and fair.plan_hash(compact) != fair.plan_hash(full)
+    assert full["resolution"] == 128 and "batch_size" not in full["sampling"]  # the full plan.json stays valid
+
+
+def test_workers_share_groups_through_claims(fair, tmp_path):
+    import subprocess
+
+    claims = tmp_path / "claims"
+    assert fair.claim(claims, "vae") and not fair.claimed_by_live(claims, "vae")  # ours: not someone else's
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (claims / "base.json").write_text(json.dumps({"pid": sleeper.pid, "host": fair.os.uname().nodename}))
+        assert fair.claimed_by_live(claims, "base") and not fair.claim(claims, "base")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not fair.claimed_by_live(claims, "base") and fair.claim(claims, "base")  # a dead holder's claim is taken
+    plan = fair.tiny_plan(arms=["uniform"])
+    groups = fair.Bench(plan, tmp_path).groups()
+    seen: set[str] = set()
+    for group, needs, items in groups:  # every group needs only earlier groups, so one worker never waits
+        assert set(needs) <= seen
+        seen.add(group)
+    assert [name for name, _, _ in groups][:4] == ["vae", "judge_order", "judge", "base"]
+
+
 def test_a_changed_plan_is_refused(fair, tmp_path):
     plan = fair.tiny_plan()
     fair.fix_plan(plan, tmp_path, replan=False)
