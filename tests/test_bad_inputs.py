@@ -109,6 +109,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("evaluate-missing-data", ["seg", "evaluate", "{segrun}", "--data", "{missing}", "--out", "{root}/ev"], {}),
     ("export-missing-run", ["seg", "export", "{missing}", "{root}/m.onnx"], {}),
     ("export-out-is-folder", ["seg", "export", "{segrun}", "{empty}"], {}),
+    ("export-out-exists", ["seg", "export", "{segrun}", "{file}"], {}),
     ("protocol-unknown-subset", ["seg", "protocol", "--data", "{data}", "--model", "mk_unet", "--image-size", "32",
                                  "--seeds", "0", "--subset", "nosuch", "-o", "{root}/prot"], {}),
     ("evaluate-unknown-subset", ["seg", "evaluate", "{segrun}", "--subset", "nosuch", "--out", "{root}/ev"], {}),

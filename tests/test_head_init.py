@@ -110,6 +110,10 @@ def test_validation_warns_after_several_evaluations_without_a_positive_pixel(cap
             metrics = task.validate([batch])
             assert metrics["val_positive_fraction"] == 0.0 and metrics["val_no_positive_streak"] == count
             assert ("no positive pixel" in caplog.text) == (count >= NO_POSITIVE_WARN_AFTER)
+        caplog.clear()
+        for _ in range(3):  # the same streak goes on: no new warning every epoch
+            task.validate([batch])
+        assert "no positive pixel" not in caplog.text
     task.modules["model"] = _Constant(3.0)
     metrics = task.validate([batch])
     assert metrics["val_positive_fraction"] == 1.0 and metrics["val_no_positive_streak"] == 0

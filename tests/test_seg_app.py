@@ -122,6 +122,8 @@ def test_cli_train_evaluate_predict_export(tiny_data, tmp_path, capsys):
     onnx_path = tmp_path / "model.onnx"
     assert cli(["seg", "export", str(run_dir), str(onnx_path)]) == 0
     assert onnx_path.is_file()
+    assert cli(["seg", "export", str(run_dir), str(onnx_path)]) == 2  # an existing file is not replaced silently
+    assert cli(["seg", "export", str(run_dir), str(onnx_path), "--overwrite", "--no-progress"]) == 0
     assert cli(["seg", "predict", str(run_dir), str(tiny_data), str(tmp_path / "pred_onnx"), "--onnx", str(onnx_path)]) == 0
     assert len(list((tmp_path / "pred_onnx" / "masks").glob("*.png"))) == 24
     # refusing to overwrite is a clean CLI error, not a traceback

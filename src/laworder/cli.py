@@ -246,6 +246,10 @@ def _seg_export(args: argparse.Namespace) -> int:
         from laworder.errors import RunDirError
 
         raise RunDirError(f"{args.out} is a folder; give the path of the .onnx file to write")
+    if Path(args.out).exists() and not args.overwrite:
+        from laworder.errors import RunDirError
+
+        raise RunDirError(f"{args.out} exists; pass --overwrite to replace it")
     if args.image_size is not None:
         from laworder.seg.validate import check_image_size
 
@@ -354,6 +358,7 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--image-size", type=int, help="first parity-check size (default: the training size)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at OUT")
     p.set_defaults(func=_seg_export)
     p = seg.add_parser("profile", help="Table 9: params, FLOPs (two conventions), latency, memory")
     p.add_argument("--models", nargs="+", help="default: every registered model")

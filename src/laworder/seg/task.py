@@ -78,7 +78,9 @@ class SegTask(TrainTask):
         # A model that predicts nothing scores Dice 0 on every foreground image; say so instead of
         # letting it pass for a slow start (the dead output head of issue 11 looked exactly like this).
         self.no_positive_streak = self.no_positive_streak + 1 if positive == 0 else 0
-        if self.no_positive_streak >= NO_POSITIVE_WARN_AFTER:
+        streak = self.no_positive_streak
+        # once when the streak reaches the threshold, then every 10th validation: not every epoch
+        if streak == NO_POSITIVE_WARN_AFTER or (streak > NO_POSITIVE_WARN_AFTER and streak % 10 == 0):
             logger.warning(
                 "validation predicted no positive pixel for %d evaluations in a row: the model may be stuck "
                 "(dead output head or collapsed features); check the learning rate, the data's masks, "
