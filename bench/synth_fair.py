@@ -166,23 +166,35 @@ class Bench:
         groups += [("judge", ["vae", *candidates], [("judge", self.choose_judge), ("vae_check", self.vae_check)]),
                    ("base", ["vae"], [("base", self.base)])]
         sampling = plan["sampling"]
-        sweep = sampling["mask_guidance_sweep"]
-        for seed in plan["controlnet"]["seeds"]:
-            for arm in plan["arms"]:
-                items = [(f"arm_{arm}_seed{seed}", lambda arm=arm, seed=seed: self.arm(arm, seed))]
-                for sample_seed in sampling["sample_seeds"]:
-                    for cfg in sampling["cfg"]:
-                        name = pool_name(arm, seed, sample_seed, cfg, 1.0)
-                        items.append((name, lambda a=arm, s=seed, ss=sample_seed, g=cfg: self.pool(a, s, ss, g, 1.0)))
-                if seed == sweep["training_seed"]:
-                    for scale in sweep["scales"]:
-                        name = pool_name(arm, seed, sweep["sample_seed"], sweep["cfg"], scale)
-                        items.append((name, lambda a=arm, s=seed, m=scale: self.pool(a, s, sweep["sample_seed"], sweep["cfg"], m)))
-                groups.append((f"arm_{arm}_seed{seed}", ["base", "judge"], items))
+        sweep, primary = sampling["mask_guidance_sweep"], plan["stats"]["primary_cfg"]
+        decisive = {arm for pair in plan["stats"]["decisive"] for arm in pair}
+        # What the decision needs comes first (the decisive arms' ControlNets and primary-CFG pools,
+        # seed by seed), then the secondary arms, then the secondary pools (other CFG, the sweep):
+        # a session that runs out of time still leaves a decidable table.
+        ordered = [(arm, seed) for wanted in (True, False) for seed in plan["controlnet"]["seeds"]
+                   for arm in plan["arms"] if (arm in decisive) == wanted]
+        for arm, seed in ordered:
+            items = [(f"arm_{arm}_seed{seed}", lambda arm=arm, seed=seed: self.arm(arm, seed))]
+            for sample_seed in sampling["sample_seeds"]:
+                name = pool_name(arm, seed, sample_seed, primary, 1.0)
+                items.append((name, lambda a=arm, s=seed, ss=sample_seed: self.pool(a, s, ss, primary, 1.0)))
+            groups.append((f"arm_{arm}_seed{seed}", ["base", "judge"], items))
+        for arm, seed in ordered:
+            items = []
+            for sample_seed in sampling["sample_seeds"]:
+                for cfg in [c for c in sampling["cfg"] if c != primary]:
+                    name = pool_name(arm, seed, sample_seed, cfg, 1.0)
+                    items.append((name, lambda a=arm, s=seed, ss=sample_seed, g=cfg: self.pool(a, s, ss, g, 1.0)))
+            if seed == sweep["training_seed"]:
+                for scale in sweep["scales"]:
+                    name = pool_name(arm, seed, sweep["sample_seed"], sweep["cfg"], scale)
+                    items.append((name, lambda a=arm, s=seed, m=scale: self.pool(a, s, sweep["sample_seed"], sweep["cfg"], m)))
+            if items:
+                groups.append((f"secondary_{arm}_seed{seed}", [f"arm_{arm}_seed{seed}"], items))
         return groups
 
     def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
-        """Every piece in the order one worker does them (seed 0 of every arm before seed 1)."""
+        """Every piece in the order one worker does them."""
         return [piece for _, _, items in self.groups() for piece in items]
 
     # the pieces ----------------------------------------------------------------------------

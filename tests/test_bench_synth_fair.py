@@ -32,7 +32,10 @@ def test_the_full_plan_follows_the_issue(fair):
     assert plan["test_subsets"] == ["Kvasir", "CVC-ClinicDB"] and plan["stats"]["margin"] == 0.03
     names = [name for name, _ in fair.Bench(plan, Path("unused")).pieces()]
     assert names[:6] == ["vae", "judge_order", "judge_nnunet2d_16", "judge", "vae_check", "base"]
-    assert names.index("arm_adaptive_distillation_seed0") < names.index("arm_uniform_seed1")  # seed 0 of every arm first
+    # what the decision needs first: the decisive arms (all seeds) and their CFG-10 pools, then the rest
+    assert names.index("arm_ratio_l1_seed2") < names.index("arm_law_no_delta_seed0")
+    assert names.index(fair.pool_name("law", 2, 1, 10.0, 1.0)) < names.index("arm_law_no_delta_seed0")
+    assert names.index("arm_adaptive_distillation_seed2") < names.index(fair.pool_name("uniform", 0, 0, 1.0, 1.0))
     pools = [n for n in names if n.startswith("pool_")]
     assert len(pools) == 6 * 3 * 2 * 2 + 6 * 3  # arms × seeds × sample seeds × CFG + the mask-guidance sweep
 
