@@ -58,6 +58,11 @@ def main() -> None:
             if not runs:
                 continue
             best_val, run = max(runs)
+            if not any((run / "model" / which / "model.safetensors").is_file() for which in ("best", "last")):
+                # run folders keep their weights out of git: a run shipped in an earlier session stays shipped
+                print(f"{model}/{dataset}: {run.relative_to(ROOT)} has no weights on this machine; keeping the "
+                      "shipped ones")
+                break
             provenance = json.loads((run / "provenance.json").read_text()) if (run / "provenance.json").is_file() else {}
             command = (f"{provenance.get('command', 'unknown')}  # run {run.relative_to(ROOT)}; "
                        "then python bench/ship_weights.py")
