@@ -467,8 +467,8 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
 
     Several processes may run at once (``run`` in two shells on two cores): each takes the first
     group that is neither done nor claimed by a live process and whose groups it needs are done,
-    claims it with a file under ``claims/`` (created exclusively; a dead holder's claim is taken
-    over), and waits when nothing is ready yet. One process does the groups in order."""
+    claims it (a lock on a file under ``claims/``, released by the kernel if the process dies), and
+    waits when nothing is ready yet. One process does the groups in order."""
     ran: list[str] = []
     claims, waiting = bench.out / "claims", ""
     while True:
@@ -502,41 +502,51 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
                 if name == until:
                     return ran
         finally:
-            (claims / f"{group}.json").unlink(missing_ok=True)
+            release(group)
+
+
+_HELD_CLAIMS: dict[str, int] = {}  # group -> the open, flock-ed claim file of this process
 
 
 def claim(claims: Path, group: str) -> bool:
-    """Claim ``group`` for this process: True if it is now ours."""
+    """Claim ``group`` for this process: True if it is now ours. The claim is an exclusive
+    ``flock`` on ``claims/<group>.lock``, so the kernel drops it when the holder dies (no stale claims)."""
+    import fcntl
+
     claims.mkdir(parents=True, exist_ok=True)
-    path = claims / f"{group}.json"
-    if claimed_by_live(claims, group):
-        return False
-    path.unlink(missing_ok=True)  # a dead process's claim
+    fd = os.open(claims / f"{group}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        with open(path, "x") as handle:
-            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
-    except FileExistsError:  # another process claimed it between the check and the create
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
         return False
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename}).encode())
+    _HELD_CLAIMS[group] = fd
     return True
+
+
+def release(group: str) -> None:
+    fd = _HELD_CLAIMS.pop(group, None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def claimed_by_live(claims: Path, group: str) -> bool:
-    path = claims / f"{group}.json"
+    """Whether another live process holds ``group``."""
+    import fcntl
+
+    path = claims / f"{group}.lock"
+    if group in _HELD_CLAIMS or not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
     try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if holder.get("host") != os.uname().nodename:
-        return True  # another machine's claim cannot be checked: respect it
-    if holder.get("pid") == os.getpid():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
         return True
-    return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def main() -> int:

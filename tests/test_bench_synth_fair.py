@@ -56,14 +56,18 @@ def test_workers_share_groups_through_claims(fair, tmp_path):
 
     claims = tmp_path / "claims"
     assert fair.claim(claims, "vae") and not fair.claimed_by_live(claims, "vae")  # ours: not someone else's
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    fair.release("vae")
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
+    sleeper = subprocess.Popen([sys.executable, "-c", holder, str(claims / "base.lock")], stdout=subprocess.PIPE, text=True)
     try:
-        (claims / "base.json").write_text(json.dumps({"pid": sleeper.pid, "host": fair.os.uname().nodename}))
+        assert sleeper.stdout.readline().strip() == "held"
         assert fair.claimed_by_live(claims, "base") and not fair.claim(claims, "base")
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert not fair.claimed_by_live(claims, "base") and fair.claim(claims, "base")  # a dead holder's claim is taken
+    assert not fair.claimed_by_live(claims, "base") and fair.claim(claims, "base")  # a dead holder's claim is gone
+    fair.release("base")
     plan = fair.tiny_plan(arms=["uniform"])
     groups = fair.Bench(plan, tmp_path).groups()
     seen: set[str] = set()
