@@ -502,51 +502,33 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
                 if name == until:
                     return ran
         finally:
-            release(group)
-
-
-_HELD_CLAIMS: dict[str, int] = {}  # group -> the open, flock-ed claim file of this process
+            release(claims, group)
 
 
 def claim(claims: Path, group: str) -> bool:
-    """Claim ``group`` for this process: True if it is now ours. The claim is an exclusive
-    ``flock`` on ``claims/<group>.lock``, so the kernel drops it when the holder dies (no stale claims)."""
-    import fcntl
+    """Claim ``group`` for this process: True if it is now ours. A claim is the run lock
+    (``laworder.runlock``: a flock the kernel drops if the holder dies) of ``claims/<group>/``."""
+    from laworder.errors import RunLockedError
+    from laworder.runlock import acquire
 
-    claims.mkdir(parents=True, exist_ok=True)
-    fd = os.open(claims / f"{group}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
+        acquire(claims / group, what="synth_fair group")
+    except RunLockedError:
         return False
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename}).encode())
-    _HELD_CLAIMS[group] = fd
     return True
 
 
-def release(group: str) -> None:
-    fd = _HELD_CLAIMS.pop(group, None)
-    if fd is not None:
-        os.close(fd)  # closing the descriptor releases the lock
+def release(claims: Path, group: str) -> None:
+    from laworder.runlock import release as release_lock
+
+    release_lock(claims / group)
 
 
 def claimed_by_live(claims: Path, group: str) -> bool:
-    """Whether another live process holds ``group``."""
-    import fcntl
+    """Whether a live process (this one included) holds ``group``."""
+    from laworder.runlock import is_locked
 
-    path = claims / f"{group}.lock"
-    if group in _HELD_CLAIMS or not path.is_file():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return is_locked(claims / group)
 
 
 def main() -> int:

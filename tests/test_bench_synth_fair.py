@@ -55,11 +55,16 @@ def test_workers_share_groups_through_claims(fair, tmp_path):
     import subprocess
 
     claims = tmp_path / "claims"
-    assert fair.claim(claims, "vae") and not fair.claimed_by_live(claims, "vae")  # ours: not someone else's
-    fair.release("vae")
+    assert fair.claim(claims, "vae") and fair.claimed_by_live(claims, "vae")
+    fair.release(claims, "vae")
+    assert not fair.claimed_by_live(claims, "vae") and not (claims / "vae").exists()
     holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")
-    sleeper = subprocess.Popen([sys.executable, "-c", holder, str(claims / "base.lock")], stdout=subprocess.PIPE, text=True)
+    (claims / "base").mkdir(parents=True)
+    from laworder.runlock import LOCK_FILE
+
+    lock = claims / "base" / LOCK_FILE
+    sleeper = subprocess.Popen([sys.executable, "-c", holder, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert sleeper.stdout.readline().strip() == "held"
         assert fair.claimed_by_live(claims, "base") and not fair.claim(claims, "base")
@@ -67,7 +72,7 @@ def test_workers_share_groups_through_claims(fair, tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert not fair.claimed_by_live(claims, "base") and fair.claim(claims, "base")  # a dead holder's claim is gone
-    fair.release("base")
+    fair.release(claims, "base")
     plan = fair.tiny_plan(arms=["uniform"])
     groups = fair.Bench(plan, tmp_path).groups()
     seen: set[str] = set()
