@@ -129,6 +129,10 @@ class Bench:
         self.data = data if data.startswith("procedural") else str((ROOT / data).resolve())
 
     # bookkeeping -------------------------------------------------------------------------
+    def finished(self, name: str) -> bool:
+        """Whether piece ``name`` is done, without reading its (up to 50 kB) record."""
+        return (self.pieces_dir / f"{name}.json").is_file()
+
     def done(self, name: str) -> dict | None:
         path = self.pieces_dir / f"{name}.json"
         return json.loads(path.read_text()) if path.is_file() else None
@@ -473,8 +477,8 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
     claims, waiting = bench.out / "claims", ""
     while True:
         groups = bench.groups()
-        done = {group for group, _, items in groups if all(bench.done(name) for name, _ in items)}
-        if until is not None and bench.done(until) is not None:
+        done = {group for group, _, items in groups if all(bench.finished(name) for name, _ in items)}
+        if until is not None and bench.finished(until):
             return ran
         todo = [(group, needs, items) for group, needs, items in groups if group not in done]
         if not todo:
@@ -492,7 +496,7 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
         group, items = ready
         try:
             for name, piece in items:
-                if bench.done(name) is None:
+                if not bench.finished(name):
                     print(f"[synth_fair] piece {name}", flush=True)
                     started = time.time()
                     record = piece()
@@ -556,7 +560,7 @@ def main() -> int:
         return 0
     if args.action == "status":
         for name, _ in bench.pieces():
-            print(f"{'done ' if bench.done(name) else 'todo '} {name}")
+            print(f"{'done ' if bench.finished(name) else 'todo '} {name}")
         return 0
     if args.action == "run":
         run_pieces(bench, args.until)
