@@ -5,7 +5,8 @@
 
 "before" is the path as it was (contiguous memory, ORDER's explicit N×N attention, one sample at
 a time at batch inference); "fast" is what ``laworder.training.fit`` and evaluation now do
-(channels_last memory, two fused SDPA calls, batched). Every comparison is interleaved in
+(channels_last memory, two fused SDPA calls, batched; at inference also BatchNorm folded into
+the convolutions, ``laworder.models.inference.inference_copy``). Every comparison is interleaved in
 rounds (before, fast, before, fast, ...) in one process, so the machine's load hits both
 alike; the speed-up of a round is its time ratio, reported as the median over rounds.
 The ORDER/MK-UNet latency ratio at batch 1 is the ratio of the minima of ≥30 interleaved runs,
@@ -63,8 +64,14 @@ def path(kind: str):
 def build(name: str, kind: str, train: bool):
     from laworder.models import create_model
 
+    if kind == "compiled":  # the fast path under torch.compile (LoopConfig.compile / a compiled predictor)
+        return torch.compile(build(name, "fast", train))
     torch.manual_seed(0)
     model = create_model(name).train(train)
+    if kind == "fast" and not train:
+        from laworder.models.inference import inference_copy
+
+        return inference_copy(model)  # what evaluate/predict run: BN folded, channels_last
     if kind == "fast":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -148,15 +155,20 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=30)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts for the latency ratio")
     parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     parser.add_argument("--parts", nargs="+", default=["training", "inference", "latency"],
                         help="measure only these; the others are kept from an existing --out file")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed.json"))
+    parser.add_argument("--conditions", default="shared 2-core machine under load",
+                        help="how quiet the machine was, recorded with the numbers")
     args = parser.parse_args()
     size, batch = args.image_size, args.batch_size
+    kinds = ("before", "fast", "compiled") if args.compile else ("before", "fast")
     torch.set_num_threads(1)
     result: dict = {"command": "python bench/train_speed.py " + " ".join(sys.argv[1:]),
                     "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                                "torch": torch.__version__, "cores_visible": torch.get_num_interop_threads()},
+                                "torch": torch.__version__, "cores_visible": torch.get_num_interop_threads(),
+                                "conditions": args.conditions},
                     "image_size": size, "batch_size": batch, "training": {}, "inference": {}, "latency": {}}
 
     out = Path(args.out)
@@ -169,13 +181,14 @@ def main() -> int:
         result.setdefault("commands", {})[part] = result["command"]
 
     for name in (args.models if "training" in args.parts else []):  # training throughput, 1 thread
-        fns = {kind: training_steps(name, kind, size, batch) for kind in ("before", "fast")}
+        fns = {kind: training_steps(name, kind, size, batch) for kind in kinds}
         times = interleaved(fns, args.rounds, args.train_steps)
         key = f"{name}_{size}"
         result["training"][key] = {
             "model": name, "image_size": size, "batch_size": batch, "threads": 1,
             "images_per_s": {k: batch / min(t) for k, t in times.items()},
-            "seconds_per_step": times, "speedup": speedup(times, "before", "fast")}
+            "seconds_per_step": times, "speedup": speedup(times, "before", "fast"),
+            **({"speedup_compiled": speedup(times, "before", "compiled")} if "compiled" in times else {})}
         print(f"train {key}: {result['training'][key]['images_per_s']} speedup "
               f"{result['training'][key]['speedup']['median_of_round_ratios']:.2f}", flush=True)
 
@@ -183,7 +196,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in (args.models if "inference" in args.parts else []):  # batch inference, 1 thread
-            fns = {kind: inference(name, kind, size, batch) for kind in ("before", "fast")}
+            fns = {kind: inference(name, kind, size, batch) for kind in kinds}
             if not args.no_onnx:
                 fns["onnxruntime"] = onnx_inference(name, size, batch, Path(tmp))
             times = interleaved(fns, args.rounds, 2)
@@ -192,6 +205,7 @@ def main() -> int:
                 "model": name, "image_size": size, "batch_size": batch, "threads": 1,
                 "ms_per_image": {k: 1000 * min(t) / batch for k, t in times.items()},
                 "speedup": speedup(times, "before", "fast"),
+                **({"speedup_compiled": speedup(times, "before", "compiled")} if "compiled" in times else {}),
                 **({"speedup_onnxruntime": speedup(times, "before", "onnxruntime")} if "onnxruntime" in times else {})}
             print(f"infer {key}: {result['inference'][key]['ms_per_image']}", flush=True)
 
@@ -214,23 +228,33 @@ def main() -> int:
 
 def format_markdown(r: dict) -> str:
     commands = r.get("commands", {})
-    lines = [f"Command: `{r['command']}`" + "".join(f"; {k}: `{v}`" for k, v in commands.items() if v != r["command"]) + f" (torch {r['machine']['torch']}, shared 2-core machine under load: "
-             "absolute numbers are noisy, the ratios are side by side in one process)", "",
+    lines = [f"Command: `{r['command']}`" + "".join(f"; {k}: `{v}`" for k, v in commands.items() if v != r["command"]) + f" (torch {r['machine']['torch']}, "
+             f"{r['machine'].get('conditions', 'shared 2-core machine under load')}: "
+             "the ratios are side by side in one process)", "",
              "\"before\": contiguous memory, explicit N×N attention (one sample at a time in batch inference); "
-             "\"fast\": channels_last + two fused SDPA calls, batched (what the training loop and evaluation now use).", "",
+             "\"fast\": channels_last + two fused SDPA calls, batched (what the training loop and evaluation now use); "
+             "at inference also BatchNorm folded into the convolutions.", "",
              f"**Training** ({r['image_size']}², batch {r['batch_size']}, 1 thread, AdEMAMix step incl. augmentation):", "",
-             "| model | before img/s | fast img/s | speed-up (median of rounds) |", "|---|---|---|---|"]
+             "| model | before img/s | fast img/s | compiled img/s | speed-up fast | speed-up compiled |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(t: dict, key: str, fmt: str, suffix: str = "") -> str:
+        return format(t[key], fmt) + suffix if key in t else "–"
+
     for t in r["training"].values():
-        lines.append(f"| {t['model']} | {t['images_per_s']['before']:.2f} | {t['images_per_s']['fast']:.2f} | "
-                     f"{t['speedup']['median_of_round_ratios']:.2f}× |")
-    lines += ["", f"**Batch inference** ({r['image_size']}², batch {r['batch_size']}, 1 thread, ms per image):", "",
-              "| model | before | fast | onnxruntime | speed-up fast | speed-up onnxruntime |", "|---|---|---|---|---|---|"]
+        ips, comp = t["images_per_s"], t.get("speedup_compiled", {})
+        lines.append(f"| {t['model']} | {ips['before']:.2f} | {ips['fast']:.2f} | {cell(ips, 'compiled', '.2f')} | "
+                     f"{t['speedup']['median_of_round_ratios']:.2f}× | {cell(comp, 'median_of_round_ratios', '.2f', '×')} |")
+    lines += ["", f"**Batch inference** ({r['image_size']}², batch {r['batch_size']}, 1 thread, ms per image; "
+              "speed-ups are medians of the round ratios):", "",
+              "| model | before | fast | compiled | onnxruntime | speed-up fast | speed-up compiled | speed-up onnxruntime |",
+              "|---|---|---|---|---|---|---|---|"]
     for t in r["inference"].values():
         ms = t["ms_per_image"]
-        onnx = f"{ms['onnxruntime']:.1f}" if "onnxruntime" in ms else "–"
-        sp_onnx = f"{t['speedup_onnxruntime']['median_of_round_ratios']:.2f}×" if "speedup_onnxruntime" in t else "–"
-        lines.append(f"| {t['model']} | {ms['before']:.1f} | {ms['fast']:.1f} | {onnx} | "
-                     f"{t['speedup']['median_of_round_ratios']:.2f}× | {sp_onnx} |")
+        ratios = {k: cell(t.get(k, {}), "median_of_round_ratios", ".2f", "×") for k in ("speedup_compiled", "speedup_onnxruntime")}
+        lines.append(f"| {t['model']} | {ms['before']:.1f} | {ms['fast']:.1f} | {cell(ms, 'compiled', '.1f')} | "
+                     f"{cell(ms, 'onnxruntime', '.1f')} | {t['speedup']['median_of_round_ratios']:.2f}× | "
+                     f"{ratios['speedup_compiled']} | {ratios['speedup_onnxruntime']} |")
     lines += ["", f"**ORDER / MK-UNet latency at batch 1** ({r['image_size']}², minimum of the interleaved runs):", "",
               "| threads | runs | ORDER ms (before / fast) | MK-UNet ms (before / fast) | ratio before | ratio fast |",
               "|---|---|---|---|---|---|"]

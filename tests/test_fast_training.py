@@ -96,16 +96,21 @@ def test_errors_that_are_not_compile_errors_still_stop_training():
     assert step.active
 
 
-def test_evaluation_runs_the_mk_unet_family_channels_last_with_the_same_probabilities(tiny_data):
+def test_evaluation_scores_a_fast_copy_and_leaves_the_model_alone(tiny_data):
     from laworder.data.layouts import load_dataset
     from laworder.models import create_model
     from laworder.seg.evaluate import evaluate_records, predict_probabilities
+    from laworder.seg.runtime import inference_model
 
     torch.manual_seed(0)
     model = create_model("order").eval()
     images = torch.rand(3, 3, 32, 32)
     before = predict_probabilities(model, images)
+    fast = inference_model(model)
+    assert fast.get_parameter("skip_fusion.3.decoder_proj.0.weight").is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(predict_probabilities(fast, images), before, rtol=1e-4, atol=1e-5)
     records = {"proc": load_dataset(str(tiny_data)).train[:4]}
     evaluate_records(model, records, 32)
-    assert model.get_parameter("skip_fusion.3.decoder_proj.0.weight").is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(predict_probabilities(model, images), before, rtol=1e-4, atol=1e-5)
+    weight = model.get_parameter("skip_fusion.3.decoder_proj.0.weight")
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(predict_probabilities(model, images), before)

@@ -131,3 +131,62 @@ def test_onnx_export_has_dynamic_height_and_width(tmp_path):
             expected = predict_logits(model, _image(45, 70), 32, mode, tta=True)
         torch.testing.assert_close(predict_logits(onnx_model, _image(45, 70), 32, mode, tta=True), expected,
                                    atol=1e-4, rtol=1e-3)
+
+
+class _FailingCompile(nn.Module):
+    """What torch.compile returns when inductor cannot build: the first call raises."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found")
+
+
+def test_cli_compile_failure_falls_back_to_eager_with_the_same_masks(tiny_run, tmp_path, monkeypatch, caplog):
+    write_image(tmp_path / "in" / "a.png", (np.random.default_rng(1).random((40, 48, 3)) * 255).astype(np.uint8))
+    assert cli(["seg", "predict", str(tiny_run), str(tmp_path / "in"), str(tmp_path / "eager"), "--no-progress"]) == 0
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: _FailingCompile(module))
+    with caplog.at_level("WARNING"):
+        assert cli(["seg", "predict", str(tiny_run), str(tmp_path / "in"), str(tmp_path / "compiled"),
+                    "--compile", "--no-progress"]) == 0
+        assert cli(["seg", "evaluate", str(tiny_run), "--compile", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    fallbacks = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(fallbacks) == 2 and "no C++ compiler" in fallbacks[0].getMessage()  # one line per command
+    np.testing.assert_array_equal(read_mask(tmp_path / "compiled" / "masks" / "a.png"),
+                                  read_mask(tmp_path / "eager" / "masks" / "a.png"))
+
+
+def test_compile_with_onnx_is_refused(tiny_run, tmp_path, capsys):
+    assert cli(["seg", "predict", str(tiny_run), str(tmp_path), str(tmp_path / "o"), "--onnx", "m.onnx", "--compile"]) != 0
+    assert "--compile applies to the PyTorch model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_errors_that_are_not_compile_errors_propagate():
+    from laworder.seg.runtime import CompiledInference
+
+    def broken(module):
+        return lambda x: (_ for _ in ()).throw(ValueError("expected 3 input channels"))
+
+    wrapped = CompiledInference(nn.Conv2d(3, 1, 1).eval(), broken)
+    with pytest.raises(ValueError, match="3 input channels"):
+        wrapped(torch.rand(1, 3, 8, 8))
+    assert wrapped.active
+
+
+def test_real_torch_compile_gives_the_eager_probabilities():
+    """One real inductor build (about 30-60 s on 2 cores): the compiled copy matches the eager model."""
+    from laworder.models import create_model
+    from laworder.seg.runtime import inference_model
+
+    torch.manual_seed(0)
+    model = create_model("mk_unet").eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    compiled = inference_model(model, compile=True)
+    with torch.no_grad():
+        got, expected = compiled(x), model(x)
+    if not compiled.active:
+        pytest.skip(f"torch.compile unavailable here: {compiled.reason}")
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -178,7 +178,7 @@ def _seg_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("with --pretrained give --data (the dataset to score) and --out (where eval.json goes)")
     subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
     result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
-                              progress=not args.no_progress, labels=config.labels)
+                              progress=not args.no_progress, labels=config.labels, compile=args.compile)
     out = write_eval(result, args.out or Path(args.run) / "eval", title=args.pretrained or config.model)
     print(format_markdown(result, config.model))
     print(f"wrote {out}/eval.json and eval.md")
@@ -209,6 +209,10 @@ def _seg_predict(args: argparse.Namespace) -> int:
 
     # inputs first (weights, model file, every image decoded), then the output folder
     model, config, (source, out) = _seg_model(args, args.paths, 3)
+    if args.onnx and args.compile:
+        from laworder.errors import ConfigError
+
+        raise ConfigError("--compile applies to the PyTorch model; --onnx runs onnxruntime instead: give one of them")
     if args.onnx:
         from laworder.seg.export import OnnxSegmenter
 
@@ -230,7 +234,7 @@ def _seg_predict(args: argparse.Namespace) -> int:
     written = predict_folder(model, files, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress,
-                             labels=config.labels)
+                             labels=config.labels, compile=args.compile)
     if main_process:
         note = f"; skipped {len(skipped)} unreadable, listed in {write_skipped(out, skipped)}" if skipped else ""
         print(f"wrote {len(written)} masks to {Path(out) / 'masks'}{note}")
@@ -330,6 +334,8 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", nargs="+")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--out")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_evaluate, usage_paths=["RUN"])
     p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images",
@@ -340,6 +346,8 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
                    help="use weights shipped with the package instead of a run folder (laworder seg list)")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--onnx", help="run this exported .onnx model with onnxruntime instead of PyTorch")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--resize", default="squash", choices=["squash", "pad", "sliding"],
                    help="squash to the training size (default); pad: keep the aspect ratio, pad to a multiple of 32; "

@@ -18,6 +18,7 @@ from laworder.data.records import PairRecord
 from laworder.errors import DataError
 from laworder.metrics.overlap import dice_iou_per_image
 from laworder.seg.classes import per_class_scores, predict_labels, score_rows
+from laworder.seg.runtime import inference_model
 
 
 @dataclass
@@ -42,20 +43,20 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tenso
 def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], image_size: int,
                      channels: int = 3, threshold: float = 0.5, batch_size: int = 16,
                      device: str | torch.device = "cpu", progress: bool = False,
-                     labels: list[str] | None = None) -> EvalResult:
+                     labels: list[str] | None = None, compile: bool = False) -> EvalResult:
     """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest).
 
     ``progress`` shows a tqdm bar per subset (batches). ``labels`` with K > 2 class names scores
     a multi-class model (``laworder.seg.classes``): each row and summary also holds
-    ``dice_<class>``/``iou_<class>``, and ``dice``/``iou`` are the means over the classes."""
+    ``dice_<class>``/``iou_<class>``, and ``dice``/``iou`` are the means over the classes.
+    ``model`` is not modified: an inference copy (``laworder.seg.runtime``) is scored, compiled
+    with ``compile=True`` (eager fallback on a compile error)."""
     if not subsets or not any(subsets.values()):
         raise DataError("nothing to evaluate: the dataset has no test subsets (give --subset or a pair folder)")
     multiclass = is_multiclass(labels)
-    model = model.to(device).eval()
-    if getattr(model, "prefers_channels_last", False):
-        # the MK-UNet family: ~3× faster batch inference on CPU with the fused attention
-        # (bench/results/train_speed.md); parameter values are unchanged
-        model = model.to(memory_format=torch.channels_last)
+    # BN folded into the convs and, for the MK-UNet family, channels_last: ~3× faster batch
+    # inference on CPU with the fused attention (bench/results/train_speed.md); same outputs
+    model = inference_model(model, device, compile)
     result = EvalResult()
     for subset, records in subsets.items():
         if not records:
