@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from laworder.models.inference import inference_copy
-from laworder.training.fast import is_compile_error
+from laworder.training.fast import compile_failure_reason, is_compile_error
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CompiledInference(nn.Module):
 
     def _fall_back(self, exc: BaseException) -> None:
         self._compiled.clear()
-        self.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        self.reason = compile_failure_reason(exc)
         logger.warning("torch.compile failed, inference continues eagerly (same outputs, slower): %s", self.reason)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,12 @@ def is_compile_error(exc: BaseException) -> bool:
     return False
 
 
+def compile_failure_reason(exc: BaseException) -> str:
+    """One line saying why compiling failed: the exception type and its first message line."""
+    message = str(exc).strip()
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"[:300]
+
+
 class CompiledStep:
     """Runs training steps through ``torch.compile``d modules, falling back to eager on failure.
 
@@ -73,7 +79,7 @@ class CompiledStep:
 
     def _fall_back(self, exc: BaseException) -> None:
         self.compiled = None
-        self.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        self.reason = compile_failure_reason(exc)
         logger.warning("torch.compile failed, training continues eagerly (same numbers, slower): %s", self.reason)
 
     def run(self, step: Callable[[], T]) -> T:
