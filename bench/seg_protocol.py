@@ -139,24 +139,27 @@ def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: in
 
 # --- the table ----------------------------------------------------------------------------------
 def profile(models: list[str], image_size: int, repeats: int, channels: int = 3) -> dict[str, dict]:
-    """Params, FLOPs (both conventions) and batch-1 CPU latency, the minimum over ``repeats``
-    interleaved calls (models alternate, so load on the shared machine hits them alike)."""
+    """Params, FLOPs (both conventions) of the trained architecture and batch-1 CPU latency of what
+    ``seg predict`` runs (BN folded, channels_last), the minimum over ``repeats`` interleaved calls
+    (models alternate, so load on the shared machine hits them alike)."""
     import torch
 
     from laworder.models import create_model
     from laworder.models.flops import conv_linear_flops, count_parameters, full_flops
+    from laworder.models.inference import inference_copy
 
     torch.manual_seed(0)
     shape = (1, channels, image_size, image_size)
     nets = {m: create_model(m, in_channels=channels).eval() for m in models}
+    runnable = {m: inference_copy(net) for m, net in nets.items()}
     x = torch.rand(*shape)
     times: dict[str, list[float]] = {m: [] for m in models}
     with torch.no_grad():
-        for net in nets.values():  # warm-up
+        for net in runnable.values():  # warm-up
             for _ in range(3):
                 net(x)
         for _ in range(repeats):
-            for m, net in nets.items():
+            for m, net in runnable.items():
                 start = time.perf_counter()
                 net(x)
                 times[m].append(time.perf_counter() - start)
@@ -276,7 +279,8 @@ def write_table(args: argparse.Namespace) -> dict:
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
               "BCE + Dice, h/v flips and ±90° rotations, a fresh 90/10 train/val split per seed, best validation "
               f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
-              f"Latency: batch 1, {args.image_size}², minimum of {args.profile_repeats} interleaved calls, "
+              f"Latency: batch 1, {args.image_size}², the inference copy `seg predict` runs (BatchNorm folded, channels_last), "
+              f"minimum of {args.profile_repeats} interleaved calls, "
               f"{payload['profile'][models[0]]['threads'] if models else 1} thread(s), on a shared 2-core machine.\n\n")
     (out.parent / f"{out.name}.md").write_text(header + table)
     (out.parent / f"{out.name}.json").write_text(json.dumps(payload, indent=2))
