@@ -18,6 +18,16 @@ piece by piece across sessions. Each run folder
 metrics.jsonl, run.json, eval.json/md and provenance.json (committed) plus checkpoints/ and
 model/ (gitignored; keep them on disk to resume and to ship weights). After every run the
 table ``bench/results/seg_protocol.{md,json}`` is rewritten, with unfinished runs as pending.
+Several processes may work through the same grid: a run whose folder another live process has
+locked is skipped (``--list`` shows it as running).
+
+Decision rule (fixed on 2026-12-02, when ORDER's three polyp seeds and MK-UNet's seed 0 were
+finished and nothing of BRISC): on each dataset, ORDER − comparator in mean Dice (each test
+subset weighs 1) gets a 95 % hierarchical bootstrap CI (``laworder.metrics.bootstrap``: training
+seeds resampled per arm, test images shared by both arms and resampled within their subset,
+10,000 replicates), once both arms have ≥ 3 finished seeds. ORDER *wins* if the CI lies above 0,
+*loses* if below; the paper's gain is *refuted* at this scale if the CI's upper end is below
++3 points (half the paper's +6.0 on polyps); otherwise *inconclusive*.
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ sys.path.insert(0, str(ROOT / "src"))
 DATASETS = {"polyps": ROOT.parent / "shared" / "data" / "polyps", "brisc": ROOT.parent / "shared" / "data" / "brisc"}
 MAIN = [("polyps", "order"), ("polyps", "mk_unet"), ("brisc", "order"), ("brisc", "mk_unet")]
 CONTROLS = [("polyps", "order_se"), ("polyps", "order_cbam")]
+MIN_SEEDS = 3  # per arm, before a comparison is decided
+MARGIN = 0.03  # Dice: half the paper's polyp gain of ORDER over MK-UNet (+6.0 points)
+COMPARATORS = ["mk_unet", "order_se", "order_cbam"]  # ORDER − each of these
 LABELS = {"order": "ORDER[0,1]", "mk_unet": "MK-UNet", "order_se": "SE-skip", "order_cbam": "CBAM-skip"}
 RECIPE = {"optimizer": "ademamix", "lr": 1e-4, "weight_decay": 1e-4, "scheduler": "cosine", "min_lr": 1e-6,
           "loss": "BCE + Dice (1:1)", "augment": "h/v flips, rotation ±90°", "val_fraction": 0.1,
@@ -107,10 +120,8 @@ def command_for(args: argparse.Namespace) -> str:
 
 def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: int) -> None:
     """Train one grid cell (continuing a killed run with --resume) and score its best weights."""
+    from laworder.runlock import run_lock
     from laworder.seg.config import SegTrainConfig
-    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
-    from laworder.seg.loading import load_segmenter
-    from laworder.seg.train import train_segmenter
     from laworder.training import LoopConfig
 
     folder = run_dir(Path(args.out), dataset, model, seed)
@@ -121,6 +132,17 @@ def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: in
     config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, image_size=args.image_size,
                             split_seed=seed, loop=loop)
     t0 = time.time()
+    # held across provenance, training and scoring (train_segmenter re-enters it): a second process
+    # of this grid gets RunLockedError before it writes anything
+    with run_lock(folder, "seg_protocol run"):
+        _train_and_score_locked(args, folder, config, dataset, model, seed, t0)
+
+
+def _train_and_score_locked(args, folder: Path, config, dataset: str, model: str, seed: int, t0: float) -> None:
+    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
+    from laworder.seg.loading import load_segmenter
+    from laworder.seg.train import train_segmenter
+
     if state(folder) not in ("finished", "trained"):
         folder.mkdir(parents=True, exist_ok=True)
         provenance = folder / "provenance.json"
@@ -211,6 +233,50 @@ def collect(args: argparse.Namespace) -> dict:
     return {"cells": cells}
 
 
+def image_scores(folder: Path, metric: str = "dice") -> dict[tuple[str, str], float]:
+    """(subset, image stem) -> per-image score from a finished run's eval.json."""
+    ev = json.loads((folder / "eval.json").read_text())
+    return {(subset, row["stem"]): row[metric] for subset, rows in ev["per_image"].items() for row in rows}
+
+
+def compare(out: Path, cells: list[dict], dataset: str, comparator: str) -> dict | None:
+    """ORDER − ``comparator`` on ``dataset`` with the decision rule of the module docstring.
+
+    None when either arm has no finished seed; the verdict is ``pending`` below MIN_SEEDS per arm.
+    """
+    from laworder.metrics.bootstrap import decide, hierarchical_bootstrap_difference
+    import numpy as np
+
+    seeds = {m: [c["seed"] for c in cells if c["dataset"] == dataset and c["model"] == m and c["state"] == "finished"]
+             for m in ("order", comparator)}
+    if not seeds["order"] or not seeds[comparator]:
+        return None
+    scores = {m: [image_scores(run_dir(out, dataset, m, s)) for s in seeds[m]] for m in seeds}
+    images = sorted(set.intersection(*(set(run) for runs in scores.values() for run in runs)))
+    every = {key for runs in scores.values() for run in runs for key in run}
+    if len(images) != len(every):  # the test sets must be the same images for every run
+        raise RuntimeError(f"{dataset}: runs were scored on different test images ({len(every) - len(images)} not shared)")
+    arrays = {m: np.array([[run[key] for key in images] for run in runs]) for m, runs in scores.items()}
+    ci = hierarchical_bootstrap_difference(arrays["order"], arrays[comparator], replicates=10000, level=0.95, seed=0,
+                                           strata=[subset for subset, _ in images])
+    enough = min(len(v) for v in seeds.values()) >= MIN_SEEDS
+    verdict = decide(ci, margin=MARGIN) if enough else {"verdict": f"pending (needs {MIN_SEEDS} seeds per arm)"}
+    paired = sorted(set(seeds["order"]) & set(seeds[comparator]))
+    by_seed = {(c["model"], c["seed"]): c for c in cells if c["dataset"] == dataset and c["state"] == "finished"}
+    return {"comparator": comparator, "seeds": seeds, "images": len(images), "ci": ci.as_dict(), **verdict,
+            "paired": [{"seed": s, "diff_dice": by_seed[("order", s)]["mean"]["dice"] - by_seed[(comparator, s)]["mean"]["dice"],
+                        "diff_iou": by_seed[("order", s)]["mean"]["iou"] - by_seed[(comparator, s)]["mean"]["iou"]}
+                       for s in paired]}
+
+
+def format_comparison(item: dict) -> str:
+    ci = item["ci"]
+    paired = ", ".join(f"seed {p['seed']}: {100 * p['diff_dice']:+.1f}" for p in item["paired"]) or "none yet"
+    return (f"| ORDER − {LABELS.get(item['comparator'], item['comparator'])} | {len(item['seeds']['order'])} / "
+            f"{len(item['seeds'][item['comparator']])} | {paired} | {100 * ci['difference']:+.1f} | "
+            f"[{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}] | {item['verdict']} |")
+
+
 def format_table(payload: dict) -> str:
     cells, prof = payload["cells"], payload["profile"]
     lines = []
@@ -232,14 +298,13 @@ def format_table(payload: dict) -> str:
                     f"{p['cpu_ms_min']:.1f}" if p else "–"]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        pairs = payload["paired"].get(dataset, [])
-        if pairs:
-            diffs = [p["diff_dice"] for p in pairs]
-            lines.append("Paired per-seed difference ORDER − MK-UNet, mean Dice (points): "
-                         + ", ".join(f"seed {p['seed']}: {100 * p['diff_dice']:+.1f}" for p in pairs)
-                         + f"; mean {_pm(diffs).replace(' ± ', ' ± ')}")
+        comparisons = payload["comparisons"].get(dataset, [])
+        if comparisons:
+            lines += ["| Comparison (mean Dice, points) | Seeds ORDER / other | Paired per-seed difference | "
+                      "Difference of means | 95 % CI (hierarchical bootstrap) | Verdict |", "|---|---|---|---|---|---|"]
+            lines += [format_comparison(item) for item in comparisons]
         else:
-            lines.append("Paired per-seed difference ORDER − MK-UNet: pending (no seed has both runs finished)")
+            lines.append("Comparisons: pending (ORDER and a comparator both need a finished seed)")
         lines.append("")
     state_rows = ["| Run | State | Step | Train time (h, to the last checkpoint if unfinished) |", "|---|---|---|---|"]
     for c in cells:
@@ -268,14 +333,10 @@ def write_table(args: argparse.Namespace) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         profile_path.write_text(json.dumps(cached, indent=2))
     payload["profile"] = {m: cached[m] for m in models}
-    payload["paired"] = {}
-    for dataset in args.datasets:
-        by_seed = {(c["model"], c["seed"]): c for c in payload["cells"] if c["dataset"] == dataset and c["state"] == "finished"}
-        payload["paired"][dataset] = [
-            {"seed": s, "order": by_seed[("order", s)]["mean"]["dice"], "mk_unet": by_seed[("mk_unet", s)]["mean"]["dice"],
-             "diff_dice": by_seed[("order", s)]["mean"]["dice"] - by_seed[("mk_unet", s)]["mean"]["dice"],
-             "diff_iou": by_seed[("order", s)]["mean"]["iou"] - by_seed[("mk_unet", s)]["mean"]["iou"]}
-            for s in args.seeds if ("order", s) in by_seed and ("mk_unet", s) in by_seed]
+    payload["comparisons"] = {
+        dataset: [item for comparator in COMPARATORS
+                  if (item := compare(out, payload["cells"], dataset, comparator)) is not None]
+        for dataset in args.datasets}
     table = format_table(payload)
     paper = args.epochs == 100 and args.lr == 1e-4 and args.max_steps is None
     recipe = "Table 12 recipe" if paper else f"NOT the paper protocol: {args.epochs} epochs, lr {args.lr:g}"
@@ -286,7 +347,12 @@ def write_table(args: argparse.Namespace) -> dict:
               f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
               f"Latency: batch 1, {args.image_size}², the inference copy `seg predict` runs (BatchNorm folded, channels_last), "
               f"minimum of {args.profile_repeats} interleaved calls, "
-              f"{payload['profile'][models[0]]['threads'] if models else 1} thread(s), on a shared 2-core machine.\n\n")
+              f"{payload['profile'][models[0]]['threads'] if models else 1} thread(s), on a shared 2-core machine.\n\n"
+              f"Decision rule (fixed before the BRISC runs and MK-UNet polyp seeds 1-2 had finished): ORDER − other in mean "
+              f"Dice gets a 95 % hierarchical bootstrap CI (training seeds resampled per arm, the shared test images "
+              f"resampled within their subset, 10,000 replicates) once each arm has {MIN_SEEDS} seeds; *wins* if the CI "
+              f"is above 0, *loses* if below, *refuted* if its upper end is below +{100 * MARGIN:.0f} points (half the "
+              f"paper's +6.0 polyp gain over MK-UNet), else *inconclusive*.\n\n")
     (out.parent / f"{out.name}.md").write_text(header + table)
     (out.parent / f"{out.name}.json").write_text(json.dumps(payload, indent=2))
     return payload
@@ -301,21 +367,33 @@ def main() -> None:
     # process (rebases between runs) cannot mix two code versions inside it.
     import laworder.seg.evaluate, laworder.seg.loading, laworder.seg.protocol, laworder.seg.train  # noqa: E401,F401
     import laworder.models.flops  # noqa: F401
+    from laworder.errors import RunLockedError
+    from laworder.runlock import is_locked
 
     out = Path(args.out)
     if args.list:
         for dataset, model, seed in jobs(args):
-            print(f"{dataset:7s} {model:11s} seed {seed}: {state(run_dir(out, dataset, model, seed))}")
+            folder = run_dir(out, dataset, model, seed)
+            running = " (running in another process)" if is_locked(folder) else ""
+            print(f"{dataset:7s} {model:11s} seed {seed}: {state(folder)}{running}")
         return
     if not args.table:
         trained = 0
         for dataset, model, seed in jobs(args):
             if args.max_runs is not None and trained >= args.max_runs:
                 break
-            if args.resume and state(run_dir(out, dataset, model, seed)) == "finished":
+            folder = run_dir(out, dataset, model, seed)
+            if args.resume and state(folder) == "finished":
+                continue
+            if is_locked(folder):  # another process of this grid is training it
+                print(f"[seg_protocol] skip {dataset} {model} seed {seed}: locked by another process", flush=True)
                 continue
             print(f"[seg_protocol] {time.strftime('%H:%M:%S')} start {dataset} {model} seed {seed}", flush=True)
-            train_and_score(args, dataset, model, seed)
+            try:
+                train_and_score(args, dataset, model, seed)
+            except RunLockedError as exc:  # another process took it between the check and the lock
+                print(f"[seg_protocol] skip {dataset} {model} seed {seed}: {exc}", flush=True)
+                continue
             trained += 1
             write_table(args)
     payload = write_table(args)

@@ -46,6 +46,21 @@ def test_the_interval_covers_a_zero_difference_about_95_percent_of_the_time():
     assert covered / trials >= 0.8  # percentile bootstrap with 3 seeds undercovers a little
 
 
+def test_strata_weigh_each_subset_equally_like_a_mean_over_subsets_column():
+    rng = np.random.default_rng(4)
+    comparator = np.tile(rng.uniform(0.2, 0.8, size=(1, 40)), (3, 1))  # no seed noise: only masks vary
+    arm = comparator.copy()
+    arm[:, :10] += 0.2  # a gain on the small subset only
+    strata = ["small"] * 10 + ["large"] * 30
+    pooled = hierarchical_bootstrap_difference(arm, comparator, replicates=500)
+    stratified = hierarchical_bootstrap_difference(arm, comparator, replicates=500, strata=strata)
+    assert pooled.difference == pytest.approx(0.05)  # 10 of 40 images gained 0.2
+    assert stratified.difference == pytest.approx(0.1)  # (0.2 + 0) / 2 subsets
+    # within-subset resampling cannot change a subset's size: the shift is exact in every replicate
+    assert stratified.low == pytest.approx(0.1) and stratified.high == pytest.approx(0.1)
+    assert pooled.low < 0.05 < pooled.high
+
+
 def test_bad_score_arrays_are_named():
     with pytest.raises(DataError, match="different mask counts"):
         hierarchical_bootstrap_difference(np.zeros((2, 5)), np.zeros((2, 6)))
@@ -53,6 +68,8 @@ def test_bad_score_arrays_are_named():
         hierarchical_bootstrap_difference(np.zeros(5), np.zeros((2, 5)))
     with pytest.raises(DataError, match="non-finite"):
         hierarchical_bootstrap_difference(np.full((2, 5), np.nan), np.zeros((2, 5)))
+    with pytest.raises(DataError, match="strata must label each of the 5 masks"):
+        hierarchical_bootstrap_difference(np.zeros((2, 5)), np.zeros((2, 5)), strata=["a"] * 4)
 
 
 def ci(low: float, high: float) -> BootstrapCI:

@@ -6,7 +6,9 @@ difference of two arms' means is resampled on both levels: each replicate draws 
 replacement (one draw shared by both arms: they are scored on the same masks) and, for each
 arm on its own, S training seeds with replacement. The percentile interval of the replicates
 is the CI. With one training seed per arm it reduces to a bootstrap over masks, which only
-describes sampling noise: say so when reporting it.
+describes sampling noise: say so when reporting it. With ``strata`` (say, the test subsets of a
+segmentation benchmark) masks are drawn within each stratum and the score is the mean of the
+stratum means, so every stratum weighs the same as in a "mean over subsets" table column.
 
 The decision rule (``bench/synth_fair.py`` writes it down before any run):
     * ``wins``    the CI of (arm − comparator) lies above 0;
@@ -50,17 +52,29 @@ def _scores(name: str, values) -> np.ndarray:
     return array
 
 
+def _column_weights(rng: np.random.Generator, groups: list[np.ndarray], masks: int, count: int) -> np.ndarray:
+    """``count × M`` resampling weights: multinomial draws within each group, each group weighing 1/G."""
+    weights = np.zeros((count, masks))
+    for columns in groups:
+        n = len(columns)
+        weights[:, columns] = rng.multinomial(n, np.full(n, 1.0 / n), size=count) / (n * len(groups))
+    return weights
+
+
 def hierarchical_bootstrap_difference(arm, comparator, replicates: int = 10000, level: float = 0.95,
-                                      seed: int = 0) -> BootstrapCI:
+                                      seed: int = 0, strata=None) -> BootstrapCI:
     """CI of mean(arm) − mean(comparator), resampling training seeds (per arm) and masks (shared).
 
     Args:
         arm, comparator: ``S_a × M`` and ``S_c × M`` scores (rows: training seeds; columns: the
             same masks in the same order).
         replicates: bootstrap replicates. level: CI coverage (0.95). seed: resampling seed.
+        strata: optional length-M labels (e.g. the test subset of each image): masks are resampled
+            within each label and the mean is the unweighted mean of the per-label means.
 
     Raises:
-        DataError: not 2-D, mask counts differ, non-finite scores. ValueError: bad level/replicates.
+        DataError: not 2-D, mask counts differ, non-finite scores, strata of the wrong length.
+        ValueError: bad level/replicates.
     """
     arm, comparator = _scores("arm", arm), _scores("comparator", comparator)
     if arm.shape[1] != comparator.shape[1]:
@@ -69,11 +83,20 @@ def hierarchical_bootstrap_difference(arm, comparator, replicates: int = 10000, 
         raise ValueError(f"need 0 < level < 1 and replicates >= 100, got {level}, {replicates}")
     rng = np.random.default_rng(seed)
     masks = arm.shape[1]
+    groups = None
+    if strata is not None:
+        labels = np.asarray(list(strata))
+        if labels.shape != (masks,):
+            raise DataError(f"strata must label each of the {masks} masks, got {labels.shape[0]} labels")
+        groups = [np.flatnonzero(labels == label) for label in dict.fromkeys(labels.tolist())]
     differences = np.empty(replicates)
     for start in range(0, replicates, 1000):  # blocks keep the weight matrices small
         count = min(1000, replicates - start)
         # multinomial counts = how often each mask / seed is drawn in a replicate
-        mask_weights = rng.multinomial(masks, np.full(masks, 1.0 / masks), size=count) / masks
+        if groups is None:
+            mask_weights = rng.multinomial(masks, np.full(masks, 1.0 / masks), size=count) / masks
+        else:
+            mask_weights = _column_weights(rng, groups, masks, count)
         arm_weights = rng.multinomial(arm.shape[0], np.full(arm.shape[0], 1.0 / arm.shape[0]), size=count) / arm.shape[0]
         comp_weights = (rng.multinomial(comparator.shape[0], np.full(comparator.shape[0], 1.0 / comparator.shape[0]),
                                         size=count) / comparator.shape[0])
@@ -82,7 +105,11 @@ def hierarchical_bootstrap_difference(arm, comparator, replicates: int = 10000, 
         differences[start : start + count] = arm_means - comp_means
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(differences, [tail, 1.0 - tail])
-    return BootstrapCI(float(arm.mean() - comparator.mean()), float(low), float(high), level, replicates,
+    if groups is None:
+        observed = arm.mean() - comparator.mean()
+    else:
+        observed = np.mean([arm[:, c].mean() - comparator[:, c].mean() for c in groups])
+    return BootstrapCI(float(observed), float(low), float(high), level, replicates,
                        (arm.shape[0], comparator.shape[0]), masks)
 
 

@@ -1,0 +1,100 @@
+"""bench/seg_protocol.py's comparison table: decision rule on fake finished runs (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "seg_protocol.py"
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("seg_protocol_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(protocol, out: Path, model: str, seed: int, scores: dict[str, list[float]]) -> dict:
+    """A finished cell whose eval.json holds ``scores`` (subset -> per-image Dice)."""
+    folder = protocol.run_dir(out, "polyps", model, seed)
+    folder.mkdir(parents=True)
+    per_image = {subset: [{"stem": f"img{i}", "dice": d, "iou": d / (2 - d)} for i, d in enumerate(values)]
+                 for subset, values in scores.items()}
+    means = {subset: float(np.mean(values)) for subset, values in scores.items()}
+    mean = {"dice": float(np.mean(list(means.values()))), "iou": 0.0}
+    (folder / "eval.json").write_text(json.dumps({"per_image": per_image, "mean": mean}))
+    return {"dataset": "polyps", "model": model, "seed": seed, "state": "finished", "mean": mean}
+
+
+def subsets(rng, shift: float = 0.0) -> dict[str, list[float]]:
+    """Image difficulty shared by every run (fixed draw) plus a little per-run noise from ``rng``."""
+    base = np.random.default_rng(99)
+    return {"Kvasir": list(base.uniform(0.3, 0.8, 30) + shift + rng.normal(0, 0.01, 30)),
+            "CVC-ClinicDB": list(base.uniform(0.2, 0.7, 12) + shift + rng.normal(0, 0.01, 12))}
+
+
+def test_a_clear_gain_over_three_seeds_wins_and_pairs_seed_by_seed(protocol, tmp_path):
+    cells = []
+    for seed in range(3):
+        cells.append(fake_run(protocol, tmp_path, "mk_unet", seed, subsets(np.random.default_rng(seed))))
+        cells.append(fake_run(protocol, tmp_path, "order", seed, subsets(np.random.default_rng(seed), shift=0.1)))
+    item = protocol.compare(tmp_path, cells, "polyps", "mk_unet")
+    assert item["verdict"] == "wins" and item["images"] == 42
+    assert item["ci"]["low"] > 0.05 and item["ci"]["difference"] == pytest.approx(0.1, abs=0.01)
+    assert [p["seed"] for p in item["paired"]] == [0, 1, 2]
+    assert all(p["diff_dice"] == pytest.approx(0.1, abs=0.01) for p in item["paired"])
+    assert "| ORDER − MK-UNet | 3 / 3 |" in protocol.format_comparison(item)
+
+
+def test_no_gain_is_refuted_and_too_few_seeds_stay_pending(protocol, tmp_path):
+    cells = [fake_run(protocol, tmp_path, model, seed, subsets(np.random.default_rng(seed)))
+             for seed in range(3) for model in ("order", "mk_unet")]
+    assert protocol.compare(tmp_path, cells, "polyps", "mk_unet")["verdict"].startswith("refuted")
+    few = [c for c in cells if not (c["model"] == "mk_unet" and c["seed"] > 0)]
+    assert protocol.compare(tmp_path, few, "polyps", "mk_unet")["verdict"].startswith("pending")
+    assert protocol.compare(tmp_path, cells, "polyps", "order_se") is None  # no comparator run at all
+
+
+def test_runs_scored_on_different_test_images_are_refused(protocol, tmp_path):
+    rng = np.random.default_rng(0)
+    cells = [fake_run(protocol, tmp_path, "order", 0, subsets(rng)),
+             fake_run(protocol, tmp_path, "mk_unet", 0, {"Kvasir": [0.5] * 29, "CVC-ClinicDB": [0.5] * 12})]
+    with pytest.raises(RuntimeError, match="different test images"):
+        protocol.compare(tmp_path, cells, "polyps", "mk_unet")
+
+
+def test_a_run_another_process_is_training_is_refused_before_anything_is_written(protocol, tmp_path):
+    import argparse
+    import subprocess
+    import time
+
+    from laworder.errors import RunLockedError
+
+    folder = protocol.run_dir(tmp_path, "polyps", "order", 0)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from laworder.runlock import run_lock\n"
+                               f"with run_lock({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from laworder.runlock import is_locked
+
+        assert is_locked(folder)
+        args = argparse.Namespace(out=str(tmp_path), epochs=1, batch_size=2, lr=1e-4, max_steps=1, resume=True,
+                                  image_size=32, threads=1, models=["order"], seeds=[0], datasets=["polyps"])
+        started = time.time()
+        with pytest.raises(RunLockedError, match="locked by pid"):
+            protocol.train_and_score(args, "polyps", "order", 0)
+        assert time.time() - started < 30
+        assert sorted(p.name for p in folder.iterdir()) == [".laworder.lock"]  # no provenance, no checkpoints
+    finally:
+        holder.kill()
+        holder.wait()
