@@ -105,6 +105,20 @@ def test_filter_pool_keeps_pairs_above_the_threshold_and_records_the_filter(tmp_
         filter_pool(pool, MaskOracle(), 0.5, tmp_path / "kept", image_size=32)
 
 
+def test_unreadable_pairs_stop_scoring_or_are_skipped_and_listed(tmp_path):
+    pool = _painted_pool(tmp_path / "pool")
+    broken = pool / "images" / "s3.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated PNG
+    with pytest.raises(DataError, match="1 of 6 pool pairs unreadable.*s3"):
+        mask_recovery(MaskOracle(), pool, image_size=32)
+    scores = mask_recovery(MaskOracle(), pool, image_size=32, skip_unreadable=True)
+    assert scores["count"] == 5 and list(scores["skipped"]) == ["s3"]
+    assert [row["stem"] for row in scores["per_image"]] == ["s0", "s1", "s2", "s4", "s5"]
+    out = filter_pool(pool, MaskOracle(), 0.5, tmp_path / "kept", image_size=32, scores=scores)
+    recorded = json.loads((out / "manifest.json").read_text())["filter"]
+    assert (recorded["kept"], recorded["dropped"], recorded["unreadable"], recorded["source_count"]) == (3, 2, ["s3"], 6)
+
+
 def test_subsets_are_nested_and_refuse_unknown_stems(tmp_path):
     pool = _painted_pool(tmp_path / "pool")
     small, large = sample_stems(pool, 2, seed=3), sample_stems(pool, 5, seed=3)
@@ -127,4 +141,13 @@ def test_mask_recovery_from_a_run_folder_and_the_cli(tmp_path, capsys):
                 "--filter-min-dice", "0.0", "--filter-out", str(tmp_path / "filtered")]) == 0
     assert json.loads(out.read_text())["count"] == 6
     assert "kept 6 of 6" in capsys.readouterr().out
+    broken = pool / "masks" / "s5.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    assert cli(["exp", "mask-recovery", str(run.run_dir), str(pool), "--out", str(out), "--overwrite"]) == 2
+    assert "--skip-unreadable" in capsys.readouterr().err
+    assert cli(["exp", "mask-recovery", str(run.run_dir), str(pool), "--out", str(out), "--overwrite",
+                "--skip-unreadable"]) == 0
+    assert "skipped 1 unreadable pair(s): s5" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["count"] == 5 and list(written["skipped"]) == ["s5"]
     assert cli(["exp", "mask-recovery", str(run.run_dir), str(data)]) == 2  # no manifest

@@ -67,9 +67,12 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
     if args.filter_min_dice is not None and not args.filter_out:
         raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")
     _check_mask_recovery_inputs(args)
-    scores = mask_recovery(args.segmenter, args.pool, args.image_size)
+    scores = mask_recovery(args.segmenter, args.pool, args.image_size, skip_unreadable=args.skip_unreadable)
     if not process_state().is_main_process:  # under accelerate launch: one process reports and writes
         return 0
+    if scores["skipped"]:
+        print(f"skipped {len(scores['skipped'])} unreadable pair(s): {', '.join(sorted(scores['skipped'])[:5])}"
+              + (" ..." if len(scores["skipped"]) > 5 else "") + (f" (all listed in {args.out})" if args.out else ""))
     print(f"{scores['pool']} ({scores['method']}, {scores['count']} pairs): mask Dice "
           f"{scores['dice']['mean']:.3f} ± {scores['dice']['std']:.3f}, IoU {scores['iou']['mean']:.3f} ± {scores['iou']['std']:.3f}")
     if args.out:
@@ -124,8 +127,8 @@ def _check_mask_recovery_inputs(args: argparse.Namespace) -> None:
         between("--filter-min-dice", args.filter_min_dice, 0, 1)
     read_manifest(args.pool)
     records = load_dataset(args.pool, "pairs").train
-    readable_inputs(records, lambda r: (read_image(r.image, config.channels), read_mask(r.mask)), what="pool pairs",
-                    key=lambda r: r.stem)
+    readable_inputs(records, lambda r: (read_image(r.image, config.channels), read_mask(r.mask)), args.skip_unreadable,
+                    what="pool pairs", key=lambda r: r.stem)
     if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
         raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
     if args.filter_out:
@@ -174,6 +177,9 @@ def _add_exp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter-min-dice", type=float, help="also write the pairs with Dice >= this as a new pool")
     p.add_argument("--filter-out", help="folder of the filtered pool (with --filter-min-dice)")
     p.add_argument("--overwrite", action="store_true", help="replace --out and --filter-out")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="score the readable pairs; the unreadable ones are listed under \"skipped\" in --out "
+                        "(and left out of --filter-out)")
     p.set_defaults(func=_exp_mask_recovery)
 
     p = exp.add_parser("law-analysis", help="what LAW learned: δ vs the mask, weight contrast vs the ratio prior")

@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from laworder import parallel
+from laworder.data.io import read_image, read_mask
 from laworder.data.layouts import load_dataset
+from laworder.data.precheck import readable_inputs
 from laworder.errors import ConfigError, DataError
 from laworder.metrics.overlap import mean_std
 from laworder.seg.evaluate import evaluate_records
@@ -78,7 +80,8 @@ def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | 
 
 
 def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,
-                  threshold: float | None = None, batch_size: int = 16, device: str | torch.device | None = None) -> dict:
+                  threshold: float | None = None, batch_size: int = 16, device: str | torch.device | None = None,
+                  skip_unreadable: bool = False) -> dict:
     """Score a synthetic pool with a frozen segmenter.
 
     Args:
@@ -89,18 +92,24 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
             conditioning masks are resized nearest to it.
         threshold: probability cut-off (default: the run's, else 0.5).
         device: where the segmenter runs (default: CUDA when available, else CPU).
+        skip_unreadable: score the readable pairs and list the others (stem -> error) under
+            ``"skipped"`` instead of stopping at the first unreadable file.
 
     Returns:
-        ``{"pool", "method", "segmenter", "image_size", "threshold", "count",
+        ``{"pool", "method", "segmenter", "image_size", "threshold", "count", "skipped",
         "dice": {"mean", "std"}, "iou": {"mean", "std"}, "per_image": [{"stem", "dice", "iou"}]}``.
-        Dice/IoU are fractions in [0, 1]; std is over images (nan for a single image).
+        Dice/IoU are fractions in [0, 1]; std is over images (nan for a single image); ``count``
+        is the number of scored pairs.
 
     Raises:
-        DataError: no manifest, an inconsistent pool, or an empty pool.
+        DataError: no manifest, an inconsistent pool, an empty pool, or (without
+            ``skip_unreadable``) an unreadable image or mask, named before anything is scored.
     """
     manifest = read_manifest(pool_dir)
     records = load_dataset(pool_dir, "pairs").train
     model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
+    records, skipped = readable_inputs(records, lambda r: (read_image(r.image, channels), read_mask(r.mask)),
+                                       skip_unreadable, what="pool pairs", key=lambda r: r.stem)
     # Under `accelerate launch` each process scores whole batches; every process gets all rows.
     state = parallel.process_state()
     device = parallel.inference_device(state, device)
@@ -116,6 +125,7 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
         "image_size": size,
         "threshold": cut,
         "count": len(rows),
+        "skipped": skipped,
         "dice": {"mean": dice[0], "std": dice[1]},
         "iou": {"mean": iou[0], "std": iou[1]},
         "per_image": rows,
@@ -179,9 +189,11 @@ def filter_pool(pool_dir: str | os.PathLike, segmenter: Segmenter, min_dice: flo
         raise ConfigError(f"min_dice must be in [0, 1], got {min_dice}")
     scores = scores or mask_recovery(segmenter, pool_dir, image_size)
     kept = [row["stem"] for row in scores["per_image"] if row["dice"] >= min_dice]
+    skipped = scores.get("skipped", {})
     update = {"filter": {"kind": "mask_recovery", "min_dice": min_dice, "segmenter": scores["segmenter"],
                          "image_size": scores["image_size"], "kept": len(kept),
-                         "dropped": scores["count"] - len(kept), "source_count": scores["count"]}}
+                         "dropped": scores["count"] - len(kept), "unreadable": sorted(skipped),
+                         "source_count": scores["count"] + len(skipped)}}
     return subset_pool(pool_dir, kept, out_dir, update, overwrite=overwrite)
 
 
