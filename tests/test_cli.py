@@ -66,3 +66,14 @@ def test_data_check_reports_problems_with_exit_code(tmp_path, capsys):
     (data / "masks" / sorted(p.name for p in (data / "masks").iterdir())[0]).write_bytes(b"not a png")
     assert main(["data", "check", str(data)]) == 1
     assert "unreadable" in capsys.readouterr().out.lower()
+
+
+def test_help_and_the_parser_do_not_import_torch():
+    """Building the parser (every subcommand) stays light: `laworder --help` answers without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from laworder.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'accelerate' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

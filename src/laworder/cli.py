@@ -33,7 +33,7 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _common_run_options(parser: argparse.ArgumentParser) -> None:
-    from laworder.training.tracking import REPORT_TO
+    from laworder.training.config import REPORT_TO
 
     _config_options(parser)
     parser.add_argument("--output", "-o", help="run folder (loop.output_dir)")
@@ -207,12 +207,12 @@ def _seg_predict(args: argparse.Namespace) -> int:
     from laworder.data.precheck import check_output_dir, clear_owned, readable_inputs, write_skipped
     from laworder.seg.predict import list_images, predict_folder
 
-    # inputs first (weights, model file, every image decoded), then the output folder
-    model, config, (source, out) = _seg_model(args, args.paths, 3)
-    if args.onnx and args.compile:
+    if args.onnx and args.compile:  # flags first: no model is loaded for a command that cannot run
         from laworder.errors import ConfigError
 
         raise ConfigError("--compile applies to the PyTorch model; --onnx runs onnxruntime instead: give one of them")
+    # inputs first (weights, model file, every image decoded), then the output folder
+    model, config, (source, out) = _seg_model(args, args.paths, 3)
     if args.onnx:
         from laworder.seg.export import OnnxSegmenter
 

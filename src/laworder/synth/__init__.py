@@ -7,21 +7,21 @@
 - ``sampler``: DDIM + classifier-free guidance and ``sample_pool``.
 """
 
-from laworder.synth.backbones import BACKBONES, Backbone, create_backbone  # noqa: F401
-from laworder.synth.config import SynthConfig  # noqa: F401
-from laworder.synth.weighting import OBJECTIVES, Objective, ObjectiveOutput, create_objective  # noqa: F401
+_LAZY = {  # name -> submodule: importing ``laworder.synth`` (the CLI does, to build its parser) stays torch-free
+    "BACKBONES": "backbones", "Backbone": "backbones", "create_backbone": "backbones",
+    "SynthConfig": "config",
+    "OBJECTIVES": "weighting", "Objective": "weighting", "ObjectiveOutput": "weighting", "create_objective": "weighting",
+    "SynthTask": "task", "train_synth": "task", "build_backbone": "task",
+    "MaskConditionedSampler": "sampler", "sample_pool": "sampler", "load_backbone": "sampler",
+    "check_sampling_args": "sampler",
+}
 
 
 def __getattr__(name: str):
-    # training / sampling entry points import the data layer and diffusers lazily
-    if name in ("SynthTask", "train_synth", "build_backbone"):
-        from laworder.synth import task
+    if name in _LAZY:
+        import importlib
 
-        return getattr(task, name)
-    if name in ("MaskConditionedSampler", "sample_pool", "load_backbone", "check_sampling_args"):
-        from laworder.synth import sampler
-
-        return getattr(sampler, name)
+        return getattr(importlib.import_module(f"laworder.synth.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'laworder.synth' has no attribute {name!r}")
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+REPORT_TO = ("none", "tensorboard", "wandb", "csv")  # accelerate trackers (laworder.training.tracking)
+
+
 @dataclass
 class LoopConfig:
     """Everything the one training core needs; saved as ``loop`` inside each run's config.

@@ -19,8 +19,8 @@ import numpy as np
 from accelerate.tracking import GeneralTracker, on_main_process
 
 from laworder.errors import ConfigError
+from laworder.training.config import REPORT_TO
 
-REPORT_TO = ("none", "tensorboard", "wandb", "csv")
 LOG_DIR = "logs"  # inside the run folder
 CSV_FILE = "metrics.csv"
 
