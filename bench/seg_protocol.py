@@ -73,6 +73,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="skip finished runs, continue a killed one")
     parser.add_argument("--max-runs", type=int, help="stop after this many runs trained in this process")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--head-init", choices=["balanced", "nonnegative", "reference"],
+                        help="model_kwargs.head_init of every run; a grid folder keeps the one it was started with "
+                             "(grid.json); default: that, or the models' default for a new grid")
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the run folders")
     parser.add_argument("--list", action="store_true", help="print the job order and each run's state")
     parser.add_argument("--title", default="Segmentation protocol",
@@ -88,6 +91,34 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     main = [(d, m, s) for s in args.seeds for d, m in MAIN if keep((d, m))]
     controls = [(d, m, s) for s in args.seeds for d, m in CONTROLS if keep((d, m))]
     return main + controls
+
+
+GRID_FILE = "grid.json"  # what every run of one --out folder shares (the head init)
+
+
+def grid_head_init(args: argparse.Namespace) -> str:
+    """The head init of the grid in ``--out``: recorded in grid.json, else --head-init, else the default.
+
+    A grid mixing head inits would compare different models, so a different --head-init for a
+    recorded grid stops the script.
+    """
+    import inspect
+
+    from laworder.models.mk_unet import MKUNet
+
+    path = Path(args.out) / GRID_FILE
+    recorded = json.loads(path.read_text())["head_init"] if path.is_file() else None
+    if recorded and args.head_init and args.head_init != recorded:
+        raise SystemExit(f"{args.out} is a grid of head_init={recorded} runs (its {GRID_FILE}); "
+                         f"use another --out for head_init={args.head_init}")
+    return recorded or args.head_init or inspect.signature(MKUNet).parameters["head_init"].default
+
+
+def record_grid(args: argparse.Namespace, head_init: str) -> None:
+    path = Path(args.out) / GRID_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"head_init": head_init}, indent=2) + "\n")
 
 
 def run_dir(out: Path, dataset: str, model: str, seed: int) -> Path:
@@ -113,6 +144,7 @@ def git_commit() -> str:
 
 def command_for(args: argparse.Namespace) -> str:
     extra = "" if Path(args.out).name == "seg_protocol" else f" --out bench/results/{Path(args.out).name}"
+    extra += f" --head-init {grid_head_init(args)}"
     extra += f" --models {' '.join(args.models)} --seeds {' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}"
     return ("OMP_NUM_THREADS=1 python bench/seg_protocol.py --resume "
             f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g}{extra}")
@@ -129,8 +161,8 @@ def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: in
                       weight_decay=RECIPE["weight_decay"], optimizer=RECIPE["optimizer"], scheduler=RECIPE["scheduler"],
                       min_lr=RECIPE["min_lr"], seed=seed, max_steps=args.max_steps, monitor="val_dice", monitor_mode="max",
                       resume=args.resume, overwrite=False, progress=False, log_every=20)
-    config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, image_size=args.image_size,
-                            split_seed=seed, loop=loop)
+    config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, model_kwargs={"head_init": grid_head_init(args)},
+                            image_size=args.image_size, split_seed=seed, loop=loop)
     t0 = time.time()
     # held across provenance, training and scoring (train_segmenter re-enters it): a second process
     # of this grid gets RunLockedError before it writes anything
@@ -321,7 +353,7 @@ def write_table(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     payload = collect(args)
     payload["command"] = command_for(args)
-    payload["protocol"] = {"image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
+    payload["protocol"] = {"head_init": grid_head_init(args), "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
                            "seeds": args.seeds, **RECIPE, "lr": args.lr, "threads_per_run": args.threads,
                            "paper_protocol": "256², 100 epochs, 5 seeds"}
     profile_path = out / "profile.json"
@@ -343,7 +375,8 @@ def write_table(args: argparse.Namespace) -> dict:
     header = (f"# {args.title} at {args.image_size}² ({recipe}, CPU, one thread per run)\n\n"
               f"Command: `{payload['command']}` (then `python bench/seg_protocol.py --table`)\n\n"
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
-              "BCE + Dice, h/v flips and ±90° rotations, a fresh 90/10 train/val split per seed, best validation "
+              f"BCE + Dice, h/v flips and ±90° rotations, output heads initialised `{grid_head_init(args)}`, "
+              "a fresh 90/10 train/val split per seed, best validation "
               f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
               f"Latency: batch 1, {args.image_size}², the inference copy `seg predict` runs (BatchNorm folded, channels_last), "
               f"minimum of {args.profile_repeats} interleaved calls, "
@@ -378,6 +411,7 @@ def main() -> None:
             print(f"{dataset:7s} {model:11s} seed {seed}: {state(folder)}{running}")
         return
     if not args.table:
+        record_grid(args, grid_head_init(args))
         trained = 0
         for dataset, model, seed in jobs(args):
             if args.max_runs is not None and trained >= args.max_runs:

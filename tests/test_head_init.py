@@ -79,6 +79,19 @@ def test_nonnegative_init_changes_only_the_head_and_keeps_the_random_stream(name
             assert torch.equal(fixed[key], value), key
 
 
+@pytest.mark.parametrize("name", ["mk_unet", "order"])
+def test_balanced_init_alternates_signs_keeps_magnitudes_and_never_starts_dead(name):
+    set_seed(1)
+    reference = create_model(name, head_init="reference", deep_supervision=True)
+    set_seed(1)
+    balanced = create_model(name, head_init="balanced", deep_supervision=True)
+    for ref, head in zip([reference.head, *reference.aux_heads], [balanced.head, *balanced.aux_heads]):
+        assert torch.equal(head.weight.abs(), ref.weight.abs()) and (head.bias == 0).all()
+        assert (head.weight[:, 0::2] >= 0).all() and (head.weight[:, 1::2] <= 0).all()
+    dead = [seed for seed in SEEDS if _start_logits(name, seed, head_init="balanced").max() < 0]
+    assert dead == []
+
+
 def test_other_heads_start_unbiased():
     # nnunet2d (MONAI DynUNet init) and ege_unet (reference init) zero their head biases, so with
     # more than a handful of channels an all-negative head is out of reach (2^-32 for nnunet2d).
