@@ -98,3 +98,15 @@ def test_a_run_another_process_is_training_is_refused_before_anything_is_written
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_grid_keeps_the_head_init_it_was_started_with(protocol, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(out=str(tmp_path / "grid"), head_init=None)
+    assert protocol.grid_head_init(args) == "nonnegative"  # the models' default for a new grid
+    args.head_init = "balanced"
+    protocol.record_grid(args, protocol.grid_head_init(args))
+    assert protocol.grid_head_init(argparse.Namespace(out=args.out, head_init=None)) == "balanced"
+    with pytest.raises(SystemExit, match="grid of head_init=balanced runs"):
+        protocol.grid_head_init(argparse.Namespace(out=args.out, head_init="nonnegative"))
