@@ -53,27 +53,22 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def background_logits(model, subsets: dict, image_size: int) -> dict[str, float]:
-    """Median and 99th percentile of the logits on background pixels of the test images."""
+def background_logits(model, subsets: dict, image_size: int, channels: int = 3) -> dict[str, float]:
+    """Median and 99th percentile of the logits on background pixels of the test images, fed
+    exactly as the evaluator feeds them (``PairDataset``: same resize and scaling)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    from laworder.data.io import read_image, read_mask
+    from laworder.data.dataset import PairDataset
 
     values = []
     model.eval()
     with torch.no_grad():
         for records in subsets.values():
-            for record in records:
-                image = torch.from_numpy(read_image(record.image, 3)).permute(2, 0, 1).float()[None]
-                image = image / 255.0 if image.max() > 1 else image
-                image = F.interpolate(image, size=(image_size, image_size), mode="bilinear", align_corners=False)
-                mask = torch.from_numpy(read_mask(record.mask)).float()[None, None]
-                mask = F.interpolate(mask, size=(image_size, image_size), mode="nearest")[0, 0] > 0.5
-                logits = model(image)
+            for item in PairDataset(records, image_size, channels):
+                logits = model(item["image"][None])
                 logits = logits[0] if isinstance(logits, (list, tuple)) else logits
-                values.append(logits[0, 0][~mask].numpy())
+                values.append(logits[0, 0][item["mask"][0] < 0.5].numpy())
     flat = np.concatenate(values)
     return {"median": float(np.median(flat)), "p99": float(np.percentile(flat, 99)),
             "share_p_above_0.3": float((flat > np.log(0.3 / 0.7)).mean())}
@@ -106,7 +101,7 @@ def run_one(args: argparse.Namespace, model: str, init: str, seed: int) -> dict:
     result = {"model": model, "init": init, "seed": seed, "test_mean_dice": scores.mean["dice"],
               "test_dice": {k: v["dice"] for k, v in scores.subsets.items()},
               "head_weight": network.head.weight.flatten().tolist(), "head_bias": network.head.bias.flatten().tolist(),
-              "background_logit": background_logits(network, subsets, saved.image_size),
+              "background_logit": background_logits(network, subsets, saved.image_size, saved.channels),
               "final_val_loss": val[-1]["val_loss"] if val else None,
               "best_val_dice": max((row["val_dice"] for row in val), default=None)}
     result_path.write_text(json.dumps(result, indent=2))
