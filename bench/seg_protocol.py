@@ -144,7 +144,7 @@ def git_commit() -> str:
 
 def command_for(args: argparse.Namespace) -> str:
     extra = "" if Path(args.out).name == "seg_protocol" else f" --out bench/results/{Path(args.out).name}"
-    extra += f" --head-init {grid_head_init(args)}"
+    extra += f" --head-init {args.head_init}"
     extra += f" --models {' '.join(args.models)} --seeds {' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}"
     return ("OMP_NUM_THREADS=1 python bench/seg_protocol.py --resume "
             f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g}{extra}")
@@ -161,7 +161,7 @@ def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: in
                       weight_decay=RECIPE["weight_decay"], optimizer=RECIPE["optimizer"], scheduler=RECIPE["scheduler"],
                       min_lr=RECIPE["min_lr"], seed=seed, max_steps=args.max_steps, monitor="val_dice", monitor_mode="max",
                       resume=args.resume, overwrite=False, progress=False, log_every=20)
-    config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, model_kwargs={"head_init": grid_head_init(args)},
+    config = SegTrainConfig(data=str(DATASETS[dataset]), model=model, model_kwargs={"head_init": args.head_init},
                             image_size=args.image_size, split_seed=seed, loop=loop)
     t0 = time.time()
     # held across provenance, training and scoring (train_segmenter re-enters it): a second process
@@ -353,7 +353,7 @@ def write_table(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     payload = collect(args)
     payload["command"] = command_for(args)
-    payload["protocol"] = {"head_init": grid_head_init(args), "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
+    payload["protocol"] = {"head_init": args.head_init, "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
                            "seeds": args.seeds, **RECIPE, "lr": args.lr, "threads_per_run": args.threads,
                            "paper_protocol": "256², 100 epochs, 5 seeds"}
     profile_path = out / "profile.json"
@@ -375,7 +375,7 @@ def write_table(args: argparse.Namespace) -> dict:
     header = (f"# {args.title} at {args.image_size}² ({recipe}, CPU, one thread per run)\n\n"
               f"Command: `{payload['command']}` (then `python bench/seg_protocol.py --table`)\n\n"
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
-              f"BCE + Dice, h/v flips and ±90° rotations, output heads initialised `{grid_head_init(args)}`, "
+              f"BCE + Dice, h/v flips and ±90° rotations, output heads initialised `{args.head_init}`, "
               "a fresh 90/10 train/val split per seed, best validation "
               f"Dice checkpoint scored on each test subset. Mean ± sample std over finished seeds, in %. "
               f"Latency: batch 1, {args.image_size}², the inference copy `seg predict` runs (BatchNorm folded, channels_last), "
@@ -410,8 +410,9 @@ def main() -> None:
             running = " (running in another process)" if is_locked(folder) else ""
             print(f"{dataset:7s} {model:11s} seed {seed}: {state(folder)}{running}")
         return
+    args.head_init = grid_head_init(args)  # resolved once: every run, command and table use it
     if not args.table:
-        record_grid(args, grid_head_init(args))
+        record_grid(args, args.head_init)
         trained = 0
         for dataset, model, seed in jobs(args):
             if args.max_runs is not None and trained >= args.max_runs:

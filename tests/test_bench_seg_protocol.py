@@ -89,7 +89,7 @@ def test_a_run_another_process_is_training_is_refused_before_anything_is_written
 
         assert is_locked(folder)
         args = argparse.Namespace(out=str(tmp_path), epochs=1, batch_size=2, lr=1e-4, max_steps=1, resume=True,
-                                  image_size=32, threads=1, head_init=None, models=["order"], seeds=[0], datasets=["polyps"])
+                                  image_size=32, threads=1, head_init="nonnegative", models=["order"], seeds=[0], datasets=["polyps"])
         started = time.time()
         with pytest.raises(RunLockedError, match="locked by pid"):
             protocol.train_and_score(args, "polyps", "order", 0)
