@@ -129,7 +129,7 @@ def test_subsets_are_nested_and_refuse_unknown_stems(tmp_path):
         subset_pool(pool, ["nope"], tmp_path / "sub", {})
 
 
-def test_mask_recovery_from_a_run_folder_and_the_cli(tmp_path, capsys):
+def test_mask_recovery_from_a_run_folder_and_the_cli(tmp_path, capsys, monkeypatch):
     data = generate_procedural(tmp_path / "real", num_images=12, size=32, seed=0)
     loop = LoopConfig(output_dir=str(tmp_path / "seg"), epochs=1, batch_size=6, progress=False, monitor="val_dice", cpu=True)
     run = train_segmenter(SegTrainConfig(data=str(data), model="mk_unet", image_size=32, loop=loop))
@@ -137,9 +137,28 @@ def test_mask_recovery_from_a_run_folder_and_the_cli(tmp_path, capsys):
     scores = mask_recovery(run.run_dir, pool)
     assert scores["segmenter"] == str(run.run_dir) and scores["image_size"] == 32 and scores["threshold"] == 0.5
     out = tmp_path / "scores.json"
+    import laworder.experiments.mask_recovery as recovery
+
+    calls = {"load_segmenter": 0, "read_mask": 0}
+
+    def counted(name, real):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    import laworder.data.io
+    import laworder.seg.loading
+
+    for name, source in (("load_segmenter", laworder.seg.loading), ("read_mask", laworder.data.io)):
+        wrapper = counted(name, getattr(source, name))
+        monkeypatch.setattr(source, name, wrapper)  # what function-level imports (the CLI's) see
+        monkeypatch.setattr(recovery, name, wrapper)
     assert cli(["exp", "mask-recovery", str(run.run_dir), str(pool), "--out", str(out),
                 "--filter-min-dice", "0.0", "--filter-out", str(tmp_path / "filtered")]) == 0
     assert json.loads(out.read_text())["count"] == 6
+    # the CLI checks everything before scoring, without loading the segmenter or reading the pool twice
+    assert calls == {"load_segmenter": 1, "read_mask": 6}
     assert "kept 6 of 6" in capsys.readouterr().out
     broken = pool / "masks" / "s5.png"
     broken.write_bytes(broken.read_bytes()[:40])

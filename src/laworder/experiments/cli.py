@@ -61,13 +61,18 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from laworder.errors import ConfigError
-    from laworder.experiments.mask_recovery import filter_pool, mask_recovery
+    from laworder.experiments.mask_recovery import filter_pool, prepare_mask_recovery, score_mask_recovery
     from laworder.parallel import process_state
+    from laworder.training.validate import between
 
     if args.filter_min_dice is not None and not args.filter_out:
         raise ConfigError("--filter-min-dice needs --filter-out (the folder of the filtered pool)")
-    _check_mask_recovery_inputs(args)
-    scores = mask_recovery(args.segmenter, args.pool, args.image_size, skip_unreadable=args.skip_unreadable)
+    if args.filter_min_dice is not None:
+        between("--filter-min-dice", args.filter_min_dice, 0, 1)
+    # segmenter, --image-size and every pool pair read once, then the outputs checked, then scored
+    inputs = prepare_mask_recovery(args.segmenter, args.pool, args.image_size, skip_unreadable=args.skip_unreadable)
+    _check_mask_recovery_outputs(args)
+    scores = score_mask_recovery(inputs)
     if not process_state().is_main_process:  # under accelerate launch: one process reports and writes
         return 0
     if scores["skipped"]:
@@ -107,28 +112,13 @@ def _exp_law_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_mask_recovery_inputs(args: argparse.Namespace) -> None:
-    """Segmenter, pool (every pair read), image size and outputs checked before scoring or writing."""
+def _check_mask_recovery_outputs(args: argparse.Namespace) -> None:
+    """--out and --filter-out checked before anything is scored or written."""
     from pathlib import Path
 
-    from laworder.data.io import read_image, read_mask
-    from laworder.data.layouts import load_dataset
-    from laworder.data.precheck import check_output_dir, readable_inputs
+    from laworder.data.precheck import check_output_dir
     from laworder.errors import ConfigError, RunDirError
-    from laworder.experiments.mask_recovery import read_manifest
-    from laworder.seg.loading import load_segmenter
-    from laworder.seg.validate import check_image_size
-    from laworder.training.validate import between
 
-    model, config = load_segmenter(args.segmenter)
-    if args.image_size is not None:
-        check_image_size(model, args.image_size, config.model, where="--image-size")
-    if args.filter_min_dice is not None:
-        between("--filter-min-dice", args.filter_min_dice, 0, 1)
-    read_manifest(args.pool)
-    records = load_dataset(args.pool, "pairs").train
-    readable_inputs(records, lambda r: (read_image(r.image, config.channels), read_mask(r.mask)), args.skip_unreadable,
-                    what="pool pairs", key=lambda r: r.stem)
     if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
         raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
     if args.filter_out:

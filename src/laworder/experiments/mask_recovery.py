@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -75,8 +76,46 @@ def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | 
         channels = int(getattr(segmenter, "in_channels", 3))
         return segmenter.eval(), image_size, channels, 0.5 if threshold is None else threshold, type(segmenter).__name__
     model, config = load_segmenter(segmenter, "best")
+    if image_size is not None:
+        from laworder.seg.validate import check_image_size
+
+        check_image_size(model, image_size, config.model)
     return (model, image_size or config.image_size, config.channels,
             config.threshold if threshold is None else threshold, str(segmenter))
+
+
+@dataclass
+class RecoveryInputs:
+    """A pool and a segmenter, checked and read, ready for :func:`score_mask_recovery`.
+
+    ``records`` are the pool's readable pairs (every image and mask decoded once when this was
+    made); ``skipped`` maps the stems left out under ``skip_unreadable`` to their errors.
+    """
+
+    pool: str
+    manifest: dict[str, Any]
+    records: list
+    skipped: dict[str, str]
+    model: nn.Module
+    image_size: int
+    channels: int
+    threshold: float
+    description: str = field(default="")
+
+
+def prepare_mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,
+                          threshold: float | None = None, skip_unreadable: bool = False) -> RecoveryInputs:
+    """Check and read everything :func:`mask_recovery` needs, before anything is scored or written.
+
+    Lets a caller (the CLI) check its own outputs between reading and scoring without loading
+    the segmenter or decoding the pool twice. Arguments and errors as :func:`mask_recovery`.
+    """
+    manifest = read_manifest(pool_dir)
+    records = load_dataset(pool_dir, "pairs").train
+    model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
+    records, skipped = readable_inputs(records, lambda r: (read_image(r.image, channels), read_mask(r.mask)),
+                                       skip_unreadable, what="pool pairs", key=lambda r: r.stem)
+    return RecoveryInputs(str(pool_dir), manifest, records, skipped, model, size, channels, cut, description)
 
 
 def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,
@@ -105,11 +144,15 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
         DataError: no manifest, an inconsistent pool, an empty pool, or (without
             ``skip_unreadable``) an unreadable image or mask, named before anything is scored.
     """
-    manifest = read_manifest(pool_dir)
-    records = load_dataset(pool_dir, "pairs").train
-    model, size, channels, cut, description = _segmenter(segmenter, image_size, threshold)
-    records, skipped = readable_inputs(records, lambda r: (read_image(r.image, channels), read_mask(r.mask)),
-                                       skip_unreadable, what="pool pairs", key=lambda r: r.stem)
+    inputs = prepare_mask_recovery(segmenter, pool_dir, image_size, threshold, skip_unreadable)
+    return score_mask_recovery(inputs, batch_size, device)
+
+
+def score_mask_recovery(inputs: RecoveryInputs, batch_size: int = 16,
+                        device: str | torch.device | None = None) -> dict:
+    """Score what :func:`prepare_mask_recovery` read; returns :func:`mask_recovery`'s dict."""
+    records, size, channels, cut, model = (inputs.records, inputs.image_size, inputs.channels, inputs.threshold,
+                                           inputs.model)
     # Under `accelerate launch` each process scores whole batches; every process gets all rows.
     state = parallel.process_state()
     device = parallel.inference_device(state, device)
@@ -119,13 +162,13 @@ def mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size:
     rows = sorted(parallel.gather(rows, state), key=lambda row: order[row["stem"]])
     dice, iou = mean_std(r["dice"] for r in rows), mean_std(r["iou"] for r in rows)
     return {
-        "pool": str(pool_dir),
-        "method": manifest.get("method", "unknown"),
-        "segmenter": description,
+        "pool": inputs.pool,
+        "method": inputs.manifest.get("method", "unknown"),
+        "segmenter": inputs.description,
         "image_size": size,
         "threshold": cut,
         "count": len(rows),
-        "skipped": skipped,
+        "skipped": inputs.skipped,
         "dice": {"mean": dice[0], "std": dice[1]},
         "iou": {"mean": iou[0], "std": iou[1]},
         "per_image": rows,
