@@ -3,7 +3,8 @@
     .venv/bin/python bench/head_seeds.py            # 96², 3 epochs, lr 1e-3, seeds 0-9, 1 thread
     (rerun the same command to continue a killed run: finished seeds are reused)
 
-With the default (non-negative, zero-bias) head init, every seed is trained with the
+With the models' default head init (or ``--model-kwargs '{"head_init": ...}'`` with another
+``--out``), every seed is trained with the
 bench/polyps.py protocol (group-aware 90/10 split per seed, AdEMAMix, cosine, BCE+Dice,
 best-validation weights tested on Kvasir and CVC-ClinicDB). A run "collapsed" if its test mean
 Dice is 0 or its validation never predicted a positive pixel. For the confound, the reference
@@ -11,7 +12,7 @@ init (PyTorch's default head, ``model_kwargs.head_init=reference``) is only buil
 how many of the same seeds draw an all-negative head (every weight and the bias < 0, so every
 logit of post-ReLU features is negative).
 
-Writes bench/results/head_seeds.{json,md}; runs under bench/results/head_seeds/runs/.
+Writes bench/results/<out>.{json,md} (default head_seeds); runs under <out>/runs/.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+HEAD_INIT_COLUMNS = ("reference", "nonnegative", "balanced")  # the construction table's columns
+
+
+def default_head_init() -> str:
+    """The MK-UNet family's default ``head_init`` (what a run without model_kwargs.head_init trains)."""
+    import inspect
+
+    from laworder.models.mk_unet import MKUNet
+
+    return inspect.signature(MKUNet).parameters["head_init"].default
+
+
 def reference_dead_heads(models: list[str], seeds: list[int]) -> dict[str, dict]:
     """Per model: which seeds draw an all-negative head with the reference vs the default init."""
     from accelerate.utils import set_seed
@@ -54,7 +67,7 @@ def reference_dead_heads(models: list[str], seeds: list[int]) -> dict[str, dict]
     found = {}
     for model in models:
         rows = {}
-        for init in ("reference", "nonnegative"):
+        for init in HEAD_INIT_COLUMNS:
             dead = []
             for seed in seeds:
                 set_seed(seed)  # as seg train does before building the model
@@ -125,30 +138,35 @@ def write(args: argparse.Namespace, out: Path, construction: dict, trained: dict
         "protocol": {"seeds": args.seeds, "epochs": args.epochs, "image_size": args.image_size,
                      "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
                      "model_kwargs": args.model_kwargs,
-                     "head_init": args.model_kwargs.get("head_init", "nonnegative (default)"), "collapse": "test mean Dice == 0 or no positive validation pixel ever"},
+                     "head_init": args.model_kwargs.get("head_init", f"{default_head_init()} (default)"), "collapse": "test mean Dice == 0 or no positive validation pixel ever"},
         "all_negative_heads_at_construction": construction,
         "trained": summary,
         "seconds": time.time() - started,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    (out.parent / "head_seeds.json").write_text(json.dumps(payload, indent=2))
-    (out.parent / "head_seeds.md").write_text(format_markdown(payload))
+    # named after --out, so a second table (another head_init) does not overwrite the first
+    (out.parent / f"{out.name}.json").write_text(json.dumps(payload, indent=2))
+    (out.parent / f"{out.name}.md").write_text(format_markdown(payload))
     return payload
 
 
 def format_markdown(payload: dict) -> str:
     p = payload["protocol"]
+    construction = payload["all_negative_heads_at_construction"]
+    inits = [i for i in HEAD_INIT_COLUMNS if all(i in rows for rows in construction.values())]
     lines = [f"Command: `{payload['command']}` ({payload['seconds'] / 60:.0f} min, {p['threads']} thread)", "",
              f"Real polyps, {p['image_size']}², {p['epochs']} epochs, batch {p['batch_size']}, lr {p['lr']}, "
              "AdEMAMix + cosine, BCE+Dice, best-validation weights tested on Kvasir and CVC-ClinicDB. "
              "Collapse: test mean Dice 0 or no positive validation pixel ever.", "",
              "**All-negative output heads at construction** (every weight and the bias < 0; seeds "
              f"{p['seeds'][0]}-{p['seeds'][-1]}):", "",
-             "| model | reference init (PyTorch default) | default init (non-negative, zero bias) |", "|---|---|---|"]
-    for model, rows in payload["all_negative_heads_at_construction"].items():
-        ref, new = rows["reference"], rows["nonnegative"]
-        lines.append(f"| {model} | {ref['count']} / {ref['of']} (seeds {ref['dead_seeds'] or '–'}) | "
-                     f"{new['count']} / {new['of']} |")
+             "| model | " + " | ".join(f"`{init}`" for init in inits) + " |", "|---|" + "---|" * len(inits)]
+    for model, rows in construction.items():
+        cells = [f"{rows[i]['count']} / {rows[i]['of']}" + (f" (seeds {rows[i]['dead_seeds']})" if rows[i]["dead_seeds"] else "")
+                 for i in inits]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "`reference`: PyTorch's default (the official MK-UNet); `nonnegative`: |w|, zero bias; "
+              "`balanced`: alternating signs, zero bias."]
     lines += ["", f"**Trained with head_init = {p['head_init']}** (test mean Dice over the two subsets, %; "
               "seeds outer, models inner, so a table cut short compares the same seeds):", ""]
     models = list(payload["trained"])

@@ -2,8 +2,8 @@
 
     python bench/ship_weights.py          # writes src/laworder/pretrained/<model>-<dataset>/
 
-For each model and dataset, the finished protocol run (bench/results/seg_protocol, Table 12
-recipe) with the best *validation* Dice is shipped (test scores never pick the weights). Where no
+For each model and dataset, the finished protocol run (bench/results/seg_protocol_balanced and
+bench/results/seg_protocol, Table 12 recipe) with the best *validation* Dice is shipped (test scores never pick the weights). Where no
 protocol run has finished yet, the short CPU run in bench/results/seg_short is shipped instead and
 its card says plainly that it is not the paper's protocol. Rerun after more protocol runs finish.
 """
@@ -20,9 +20,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT / "src"))
 
 PAIRS = [("polyps", "order"), ("polyps", "mk_unet"), ("brisc", "order"), ("brisc", "mk_unet")]
-SOURCES = [  # (kind, results folder), first one with a finished run wins
-    ("protocol", ROOT / "bench" / "results" / "seg_protocol"),
-    ("short-cpu", ROOT / "bench" / "results" / "seg_short"),
+SOURCES = [  # (kind, results folders): the first kind with a finished run wins, best validation over its folders
+    # the two protocol grids differ only in the output-head init (balanced, the default, and nonnegative)
+    ("protocol", [ROOT / "bench" / "results" / "seg_protocol_balanced", ROOT / "bench" / "results" / "seg_protocol"]),
+    ("short-cpu", [ROOT / "bench" / "results" / "seg_short"]),
 ]
 DEST = ROOT / "src" / "laworder" / "pretrained"
 
@@ -42,8 +43,11 @@ def describe(kind: str, run: Path) -> str:
     config = (run / "config.yaml").read_text()
     size = next(line.split(":")[1].strip() for line in config.splitlines() if line.startswith("image_size:"))
     if kind == "protocol":
+        grid = run.parents[2] / "grid.json"  # <grid>/<dataset>/<model>/seed<k>
+        head_init = json.loads(grid.read_text())["head_init"] if grid.is_file() else "nonnegative"
         return (f"One run of the paper's Table 12 recipe at {size}² on this CPU (the best validation Dice among the "
-                "finished seeds of bench/seg_protocol.py). The paper trains at 256².")
+                f"finished seeds of bench/seg_protocol.py, output heads initialised `{head_init}`). "
+                "The paper trains at 256².")
     return (f"A SHORT CPU run, not the paper's protocol: {size}², few epochs and lr 1e-3 (see Recipe below), "
             "made because no 100-epoch protocol run had finished when these weights were shipped. Expect lower "
             "scores than the paper's; bench/ship_weights.py replaces them once a protocol run finishes.")
@@ -53,8 +57,8 @@ def main() -> None:
     from laworder.seg.ship import ship_run
 
     for dataset, model in PAIRS:
-        for kind, results in SOURCES:
-            runs = finished_runs(results / dataset / model)
+        for kind, folders in SOURCES:
+            runs = [run for results in folders for run in finished_runs(results / dataset / model)]
             if not runs:
                 continue
             best_val, run = max(runs)

@@ -83,8 +83,13 @@ def test_nonnegative_init_changes_only_the_head_and_keeps_the_random_stream(name
 def test_balanced_init_alternates_signs_keeps_magnitudes_and_never_starts_dead(name):
     set_seed(1)
     reference = create_model(name, head_init="reference", deep_supervision=True)
+    after_reference = torch.rand(3)
     set_seed(1)
     balanced = create_model(name, head_init="balanced", deep_supervision=True)
+    assert torch.equal(torch.rand(3), after_reference)  # no extra draws: the rest of the model is the same
+    for key, value in reference.state_dict().items():
+        if "head" not in key:
+            assert torch.equal(balanced.state_dict()[key], value), key
     for ref, head in zip([reference.head, *reference.aux_heads], [balanced.head, *balanced.aux_heads]):
         assert torch.equal(head.weight.abs(), ref.weight.abs()) and (head.bias == 0).all()
         assert (head.weight[:, 0::2] >= 0).all() and (head.weight[:, 1::2] <= 0).all()
