@@ -15,9 +15,13 @@ then seed 1 of those four, ... then the polyps controls seed by seed. ``--resume
 runs and continues a killed one from its last epoch checkpoint (exact resume), so the grid goes on
 piece by piece across sessions. Each run folder
 ``bench/results/seg_protocol/<dataset>/<model>/seed<k>/`` keeps config.yaml, split.json,
-metrics.jsonl, run.json, eval.json/md and provenance.json (committed) plus checkpoints/ and
-model/ (gitignored; keep them on disk to resume and to ship weights). After every run the
-table ``bench/results/seg_protocol.{md,json}`` is rewritten, with unfinished runs as pending.
+metrics.jsonl, run.json, eval.json/md and provenance.json plus checkpoints/ and model/
+(gitignored by default). After every run the table ``bench/results/seg_protocol.{md,json}`` is
+rewritten, with unfinished runs as pending. To carry the grid to a fresh checkout (the next
+session), commit what ``--files`` lists (small files, the best/last weights, and the latest
+checkpoint of each unfinished run) and the checkpoints that rotation removed:
+
+    git add -f $(python bench/seg_protocol.py --files) && git add -u bench/results/seg_protocol
 Several processes may work through the same grid: a run whose folder another live process has
 locked is skipped (``--list`` shows it as running).
 
@@ -78,6 +82,8 @@ def parse() -> argparse.Namespace:
                              "(grid.json); default: that, or the models' default for a new grid")
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the run folders")
     parser.add_argument("--list", action="store_true", help="print the job order and each run's state")
+    parser.add_argument("--files", action="store_true",
+                        help="print the files that carry the grid to the next session (for git add -f)")
     parser.add_argument("--title", default="Segmentation protocol",
                         help="table heading; the table goes to <out>.md/.json beside the --out folder")
     parser.add_argument("--profile-repeats", type=int, default=30,
@@ -132,6 +138,28 @@ def state(folder: Path) -> str:
     if run_finished(folder / "run.json"):
         return "finished" if (folder / "eval.json").is_file() else "trained"
     return "partial" if (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file() else "pending"
+
+
+RUN_FILES = ("config.yaml", "data.json", "split.json", "metrics.jsonl", "provenance.json", "run.json",
+             "eval.json", "eval.md")
+
+
+def carry_files(out: Path, folders: list[Path]) -> list[Path]:
+    """What a fresh checkout needs to continue the grid: the grid's table and grid.json, each
+    started run's small files, its ``model/best`` and ``model/last`` weights (scoring and shipping)
+    and, while unfinished, its latest checkpoint (resume). All well under 1 MB per run."""
+    from laworder.training.checkpoint import latest_checkpoint
+
+    files = [path for path in (out / GRID_FILE, out.parent / f"{out.name}.md", out.parent / f"{out.name}.json",
+                               out / "profile.json") if path.is_file()]
+    for folder in folders:
+        files += [folder / name for name in RUN_FILES if (folder / name).is_file()]
+        for which in ("best", "last"):
+            files += sorted(p for p in (folder / "model" / which).glob("*") if p.is_file())
+        checkpoint = latest_checkpoint(folder / "checkpoints")
+        if checkpoint is not None and state(folder) not in ("finished", "trained"):
+            files += sorted(p for p in checkpoint.iterdir() if p.is_file())
+    return files
 
 
 def git_commit() -> str:
@@ -409,6 +437,11 @@ def main() -> None:
             folder = run_dir(out, dataset, model, seed)
             running = " (running in another process)" if is_locked(folder) else ""
             print(f"{dataset:7s} {model:11s} seed {seed}: {state(folder)}{running}")
+        return
+    if args.files:  # every run folder on disk, whatever --models/--seeds say
+        folders = sorted(p.parent for p in out.glob("*/*/seed*/config.yaml"))
+        for path in carry_files(out, folders):
+            print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         return
     args.head_init = grid_head_init(args)  # resolved once: every run, command and table use it
     if not args.table:

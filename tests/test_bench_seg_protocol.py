@@ -110,3 +110,36 @@ def test_a_grid_keeps_the_head_init_it_was_started_with(protocol, tmp_path):
     assert protocol.grid_head_init(argparse.Namespace(out=args.out, head_init=None)) == "balanced"
     with pytest.raises(SystemExit, match="grid of head_init=balanced runs"):
         protocol.grid_head_init(argparse.Namespace(out=args.out, head_init="nonnegative"))
+
+
+def test_files_carry_each_run_and_only_the_latest_checkpoint_of_unfinished_ones(protocol, tmp_path):
+    out = tmp_path / "grid"
+
+    def run(model: str, steps: list[int], finished: bool) -> Path:
+        folder = protocol.run_dir(out, "polyps", model, 0)
+        for step in steps:
+            checkpoint = folder / "checkpoints" / f"step_{step:08d}"
+            checkpoint.mkdir(parents=True)
+            for name in ("model.safetensors", "optimizer.pt", "trainer_state.json"):
+                (checkpoint / name).write_text("x")
+        for which in ("best", "last") if finished else ("best",):
+            (folder / "model" / which).mkdir(parents=True)
+            (folder / "model" / which / "model.safetensors").write_text("w")
+        (folder / "config.yaml").write_text("model: x\n")
+        (folder / "metrics.jsonl").write_text("{}\n")
+        if finished:
+            (folder / "run.json").write_text(json.dumps({"global_step": 20, "total_steps": 20}))
+            (folder / "eval.json").write_text("{}")
+        return folder
+
+    done, partial = run("order", [10, 20], finished=True), run("mk_unet", [10, 20], finished=False)
+    (out / "grid.json").write_text("{}")
+    (out / "polyps" / "order" / "seed1").mkdir()  # an empty folder of a run never started: nothing to carry
+    files = {p.relative_to(out) for p in protocol.carry_files(out, [done, partial])}
+    expected_partial = {"config.yaml", "metrics.jsonl", "model/best/model.safetensors",
+                        *(f"checkpoints/step_00000020/{n}" for n in ("model.safetensors", "optimizer.pt",
+                                                                      "trainer_state.json"))}
+    expected_done = {"config.yaml", "metrics.jsonl", "run.json", "eval.json", "model/best/model.safetensors",
+                     "model/last/model.safetensors"}
+    assert files == ({Path("grid.json")} | {Path("polyps/mk_unet/seed0") / f for f in expected_partial}
+                     | {Path("polyps/order/seed0") / f for f in expected_done})
