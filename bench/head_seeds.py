@@ -49,15 +49,6 @@ def parse() -> argparse.Namespace:
 HEAD_INIT_COLUMNS = ("reference", "nonnegative", "balanced")  # the construction table's columns
 
 
-def default_head_init() -> str:
-    """The MK-UNet family's default ``head_init`` (what a run without model_kwargs.head_init trains)."""
-    import inspect
-
-    from laworder.models.mk_unet import MKUNet
-
-    return inspect.signature(MKUNet).parameters["head_init"].default
-
-
 def reference_dead_heads(models: list[str], seeds: list[int]) -> dict[str, dict]:
     """Per model: which seeds draw an all-negative head with the reference vs the default init."""
     from accelerate.utils import set_seed
@@ -126,6 +117,7 @@ def main() -> dict:
 
 def write(args: argparse.Namespace, out: Path, construction: dict, trained: dict[str, list[dict]], started: float) -> dict:
     from laworder.metrics.overlap import mean_std
+    from laworder.models.mk_unet import DEFAULT_HEAD_INIT
 
     summary = {}
     for model, rows in trained.items():
@@ -138,7 +130,7 @@ def write(args: argparse.Namespace, out: Path, construction: dict, trained: dict
         "protocol": {"seeds": args.seeds, "epochs": args.epochs, "image_size": args.image_size,
                      "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
                      "model_kwargs": args.model_kwargs,
-                     "head_init": args.model_kwargs.get("head_init", f"{default_head_init()} (default)"), "collapse": "test mean Dice == 0 or no positive validation pixel ever"},
+                     "head_init": args.model_kwargs.get("head_init", f"{DEFAULT_HEAD_INIT} (default)"), "collapse": "test mean Dice == 0 or no positive validation pixel ever"},
         "all_negative_heads_at_construction": construction,
         "trained": summary,
         "seconds": time.time() - started,

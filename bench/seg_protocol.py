@@ -108,16 +108,14 @@ def grid_head_init(args: argparse.Namespace) -> str:
     A grid mixing head inits would compare different models, so a different --head-init for a
     recorded grid stops the script.
     """
-    import inspect
-
-    from laworder.models.mk_unet import MKUNet
+    from laworder.models.mk_unet import DEFAULT_HEAD_INIT
 
     path = Path(args.out) / GRID_FILE
     recorded = json.loads(path.read_text())["head_init"] if path.is_file() else None
     if recorded and args.head_init and args.head_init != recorded:
         raise SystemExit(f"{args.out} is a grid of head_init={recorded} runs (its {GRID_FILE}); "
                          f"use another --out for head_init={args.head_init}")
-    return recorded or args.head_init or inspect.signature(MKUNet).parameters["head_init"].default
+    return recorded or args.head_init or DEFAULT_HEAD_INIT
 
 
 def record_grid(args: argparse.Namespace, head_init: str) -> None:

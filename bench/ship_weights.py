@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 PAIRS = [("polyps", "order"), ("polyps", "mk_unet"), ("brisc", "order"), ("brisc", "mk_unet")]
 SOURCES = [  # (kind, results folders): the first kind with a finished run wins, best validation over its folders
-    # the two protocol grids differ only in the output-head init (balanced, the default, and nonnegative)
+    # the two protocol grids differ only in the output-head init (balanced, and nonnegative: the default)
     ("protocol", [ROOT / "bench" / "results" / "seg_protocol_balanced", ROOT / "bench" / "results" / "seg_protocol"]),
     ("short-cpu", [ROOT / "bench" / "results" / "seg_short"]),
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -100,7 +100,7 @@ class RecoveryInputs:
     image_size: int
     channels: int
     threshold: float
-    description: str = field(default="")
+    description: str
 
 
 def prepare_mask_recovery(segmenter: Segmenter, pool_dir: str | os.PathLike, image_size: int | None = None,

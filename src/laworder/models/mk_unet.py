@@ -86,6 +86,9 @@ def init_head_balanced_(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+# what a run without model_kwargs.head_init trains (bench/results/seg_protocol_balanced.md: why not balanced)
+DEFAULT_HEAD_INIT = "nonnegative"
+
 # model_kwargs.head_init -> how the 1×1 output heads are initialised after PyTorch's default draw
 HEAD_INITS: dict[str, Callable[[nn.Conv2d], nn.Conv2d]] = {
     "balanced": init_head_balanced_,
@@ -241,7 +244,7 @@ class MKUNet(SegmentationModel):
         gag_kernel: int = 3,
         deep_supervision: bool = False,
         skip_fusion: SkipFusionFactory | None = None,
-        head_init: str = "nonnegative",
+        head_init: str = DEFAULT_HEAD_INIT,
     ) -> None:
         super().__init__(in_channels, num_classes, deep_supervision)
         if head_init not in HEAD_INITS:
