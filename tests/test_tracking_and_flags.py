@@ -207,6 +207,21 @@ def test_wandb_run_keeps_its_id_over_a_resume_and_writes_under_the_run(tmp_path,
     assert first["wandb"]["dir"] == str(tmp_path / "run" / "logs") and first["wandb"]["id"] == resumed["wandb"]["id"]
 
 
+def test_real_wandb_offline_run_resumes_into_the_same_run(tiny_data, tmp_path, monkeypatch):
+    """With wandb installed (not in CI: `pip install "laworder[wandb]"`), offline runs land under <run>/logs."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    config = _seg(tiny_data, tmp_path / "run", report_to="wandb", log_every=1, epochs=1)
+    train_segmenter(config)
+    train_segmenter(replace(config, loop=replace(config.loop, epochs=2, resume=True)))
+    run_id = (tmp_path / "run" / "logs" / "wandb_run_id").read_text().strip()
+    offline = sorted((tmp_path / "run" / "logs" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline), offline
+    assert all(any(p.glob("*.wandb")) for p in offline)
+
+
 def test_experiment_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
     from laworder.experiments.runner import load_experiment
 
