@@ -10,6 +10,7 @@ its card says plainly that it is not the paper's protocol. Rerun after more prot
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -53,9 +54,17 @@ def describe(kind: str, run: Path) -> str:
             "scores than the paper's; bench/ship_weights.py replaces them once a protocol run finishes.")
 
 
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="print what would be shipped; write nothing")
+    return parser.parse_args()
+
+
 def main() -> None:
     from laworder.seg.ship import ship_run
 
+    args = parse()
     for dataset, model in PAIRS:
         for kind, folders in SOURCES:
             runs = [run for results in folders for run in finished_runs(results / dataset / model)]
@@ -66,6 +75,9 @@ def main() -> None:
                 # run folders keep their weights out of git: a run shipped in an earlier session stays shipped
                 print(f"{model}/{dataset}: {run.relative_to(ROOT)} has no weights on this machine; keeping the "
                       "shipped ones")
+                break
+            if args.dry_run:
+                print(f"{model}/{dataset}: would ship {kind} run {run.relative_to(ROOT)} (val Dice {100 * best_val:.1f})")
                 break
             provenance = json.loads((run / "provenance.json").read_text()) if (run / "provenance.json").is_file() else {}
             command = (f"{provenance.get('command', 'unknown')}  # run {run.relative_to(ROOT)}; "
