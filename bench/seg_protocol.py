@@ -119,10 +119,44 @@ def grid_head_init(args: argparse.Namespace) -> str:
 
 
 def record_grid(args: argparse.Namespace, head_init: str) -> None:
+    """grid.json: the head init (fixed by the first run) and every cell a training process was asked for."""
     path = Path(args.out) / GRID_FILE
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"head_init": head_init}, indent=2) + "\n")
+    grid = json.loads(path.read_text()) if path.is_file() else {"head_init": head_init}
+    cells = {tuple(cell) for cell in grid.get("cells", [])} | set(jobs(args))
+    grid["cells"] = [list(cell) for cell in canonical_order(cells)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(grid, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def canonical_order(cells: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """Grid cells as ``jobs`` orders them for seeds 0, 1, 2, ...: ORDER/MK-UNet pairs seed by seed, then the controls."""
+    rank = {pair: i for i, pair in enumerate(MAIN + CONTROLS)}
+    return sorted(cells, key=lambda c: ((c[0], c[1]) in CONTROLS, c[2], rank.get((c[0], c[1]), len(rank)), c))
+
+
+def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every cell of the grid in ``--out``, whichever process asks: those any training process was asked
+    for (grid.json; this process's selection for a grid that has none recorded) and every run folder on
+    disk, in canonical order. The table covers all of them, so a process training part of the grid never
+    drops the rest from it, and ``--table`` adds nothing its defaults would name."""
+    out = Path(args.out)
+    path = out / GRID_FILE
+    recorded = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
+    on_disk = {(p.parent.parent.name, p.parent.name, int(p.name[len("seed"):])) for p in out.glob("*/*/seed*")
+               if p.is_dir() and p.name[len("seed"):].isdigit()}
+    return canonical_order(({tuple(cell) for cell in recorded} or set(jobs(args))) | on_disk)
+
+
+def grid_view(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with --datasets/--models/--seeds spanning the whole grid (table, command, comparisons)."""
+    cells = grid_cells(args)
+    view = argparse.Namespace(**vars(args))
+    view.datasets = [d for d in DATASETS if any(c[0] == d for c in cells)]
+    view.models = list(dict.fromkeys(c[1] for c in cells))
+    view.seeds = sorted({c[2] for c in cells})
+    return view
 
 
 def run_dir(out: Path, dataset: str, model: str, seed: int) -> Path:
@@ -268,7 +302,7 @@ def collect(args: argparse.Namespace) -> dict:
     """Every grid cell's state and, for finished ones, its scores."""
     out = Path(args.out)
     cells = []
-    for dataset, model, seed in jobs(args):
+    for dataset, model, seed in grid_cells(args):
         folder = run_dir(out, dataset, model, seed)
         cell = {"dataset": dataset, "model": model, "seed": seed, "state": state(folder),
                 "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)}
@@ -305,7 +339,8 @@ def compare(out: Path, cells: list[dict], dataset: str, comparator: str) -> dict
     from laworder.metrics.bootstrap import decide, hierarchical_bootstrap_difference
     import numpy as np
 
-    seeds = {m: [c["seed"] for c in cells if c["dataset"] == dataset and c["model"] == m and c["state"] == "finished"]
+    # sorted: the bootstrap draws must not depend on the order a process listed the seeds in
+    seeds = {m: sorted(c["seed"] for c in cells if c["dataset"] == dataset and c["model"] == m and c["state"] == "finished")
              for m in ("order", comparator)}
     if not seeds["order"] or not seeds[comparator]:
         return None
@@ -376,6 +411,8 @@ def format_table(payload: dict) -> str:
 
 
 def write_table(args: argparse.Namespace) -> dict:
+    """Rewrite ``<out>.md`` / ``<out>.json`` over the whole grid (not only this process's selection)."""
+    args = grid_view(args)
     out = Path(args.out)
     payload = collect(args)
     payload["command"] = command_for(args)

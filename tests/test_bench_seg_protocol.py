@@ -103,7 +103,7 @@ def test_a_run_another_process_is_training_is_refused_before_anything_is_written
 def test_a_grid_keeps_the_head_init_it_was_started_with(protocol, tmp_path):
     import argparse
 
-    args = argparse.Namespace(out=str(tmp_path / "grid"), head_init=None)
+    args = argparse.Namespace(out=str(tmp_path / "grid"), head_init=None, datasets=["polyps"], models=["order"], seeds=[0])
     assert protocol.grid_head_init(args) == "nonnegative"  # the models' default for a new grid
     args.head_init = "balanced"
     protocol.record_grid(args, protocol.grid_head_init(args))
@@ -143,3 +143,37 @@ def test_files_carry_each_run_and_only_the_latest_checkpoint_of_unfinished_ones(
                      "model/last/model.safetensors"}
     assert files == ({Path("grid.json")} | {Path("polyps/mk_unet/seed0") / f for f in expected_partial}
                      | {Path("polyps/order/seed0") / f for f in expected_done})
+
+
+def test_a_process_training_part_of_the_grid_still_tables_the_whole_grid(protocol, tmp_path):
+    import argparse
+
+    def selection(**kw) -> argparse.Namespace:
+        base = dict(out=str(tmp_path), head_init="nonnegative", datasets=["polyps", "brisc"],
+                    models=["order", "mk_unet", "order_se", "order_cbam"], seeds=[0, 1, 2])
+        return argparse.Namespace(**{**base, **kw})
+
+    protocol.record_grid(selection(), "nonnegative")  # the first process: the whole grid
+    narrow = selection(datasets=["brisc"], models=["order", "mk_unet"], seeds=[2, 1])
+    protocol.record_grid(narrow, "nonnegative")  # a second process, part of it, seeds in another order
+    cells = protocol.grid_cells(narrow)
+    assert len(cells) == 2 * 3 + 2 * 3 + 2 * 3 and cells == protocol.grid_cells(selection())
+    assert cells[:4] == [("polyps", "order", 0), ("polyps", "mk_unet", 0), ("brisc", "order", 0), ("brisc", "mk_unet", 0)]
+    assert cells[-1] == ("polyps", "order_cbam", 2)
+    view = protocol.grid_view(narrow)
+    assert view.datasets == ["polyps", "brisc"] and view.seeds == [0, 1, 2] and "order_se" in view.models
+    (tmp_path / "polyps" / "order" / "seed7").mkdir(parents=True)  # a run started by hand joins the grid
+    assert ("polyps", "order", 7) in protocol.grid_cells(narrow)
+    other = tmp_path / "other"
+    protocol.record_grid(selection(out=str(other), datasets=["polyps"], models=["order"], seeds=[0]), "balanced")
+    assert protocol.grid_cells(selection(out=str(other))) == [("polyps", "order", 0)]  # `--table` adds no cells
+
+
+def test_the_bootstrap_does_not_depend_on_the_order_seeds_were_listed_in(protocol, tmp_path):
+    cells = []
+    for seed in range(3):
+        cells.append(fake_run(protocol, tmp_path, "mk_unet", seed, subsets(np.random.default_rng(seed))))
+        cells.append(fake_run(protocol, tmp_path, "order", seed, subsets(np.random.default_rng(10 + seed), shift=0.02)))
+    forward = protocol.compare(tmp_path, cells, "polyps", "mk_unet")
+    backward = protocol.compare(tmp_path, cells[::-1], "polyps", "mk_unet")
+    assert forward["ci"] == backward["ci"]
