@@ -99,7 +99,13 @@ def jobs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return main + controls
 
 
-GRID_FILE = "grid.json"  # what every run of one --out folder shares (the head init)
+GRID_FILE = "grid.json"  # what every run of one --out folder shares (the head init) and the grid's cells
+
+
+def read_grid(out: Path) -> dict:
+    """The grid.json of ``out`` (empty for a grid no run has started)."""
+    path = Path(out) / GRID_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def grid_head_init(args: argparse.Namespace) -> str:
@@ -110,8 +116,7 @@ def grid_head_init(args: argparse.Namespace) -> str:
     """
     from laworder.models.mk_unet import DEFAULT_HEAD_INIT
 
-    path = Path(args.out) / GRID_FILE
-    recorded = json.loads(path.read_text())["head_init"] if path.is_file() else None
+    recorded = read_grid(args.out).get("head_init")
     if recorded and args.head_init and args.head_init != recorded:
         raise SystemExit(f"{args.out} is a grid of head_init={recorded} runs (its {GRID_FILE}); "
                          f"use another --out for head_init={args.head_init}")
@@ -121,7 +126,7 @@ def grid_head_init(args: argparse.Namespace) -> str:
 def record_grid(args: argparse.Namespace, head_init: str) -> None:
     """grid.json: the head init (fixed by the first run) and every cell a training process was asked for."""
     path = Path(args.out) / GRID_FILE
-    grid = json.loads(path.read_text()) if path.is_file() else {"head_init": head_init}
+    grid = read_grid(args.out) or {"head_init": head_init}
     cells = {tuple(cell) for cell in grid.get("cells", [])} | set(jobs(args))
     grid["cells"] = [list(cell) for cell in canonical_order(cells)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,16 +147,14 @@ def grid_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     disk, in canonical order. The table covers all of them, so a process training part of the grid never
     drops the rest from it, and ``--table`` adds nothing its defaults would name."""
     out = Path(args.out)
-    path = out / GRID_FILE
-    recorded = json.loads(path.read_text()).get("cells", []) if path.is_file() else []
+    recorded = read_grid(out).get("cells", [])
     on_disk = {(p.parent.parent.name, p.parent.name, int(p.name[len("seed"):])) for p in out.glob("*/*/seed*")
                if p.is_dir() and p.name[len("seed"):].isdigit()}
     return canonical_order(({tuple(cell) for cell in recorded} or set(jobs(args))) | on_disk)
 
 
-def grid_view(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with --datasets/--models/--seeds spanning the whole grid (table, command, comparisons)."""
-    cells = grid_cells(args)
+def grid_view(args: argparse.Namespace, cells: list[tuple[str, str, int]]) -> argparse.Namespace:
+    """``args`` with --datasets/--models/--seeds spanning ``cells`` (table, command, comparisons)."""
     view = argparse.Namespace(**vars(args))
     view.datasets = [d for d in DATASETS if any(c[0] == d for c in cells)]
     view.models = list(dict.fromkeys(c[1] for c in cells))
@@ -298,11 +301,11 @@ def _pm(values: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def collect(args: argparse.Namespace) -> dict:
-    """Every grid cell's state and, for finished ones, its scores."""
+def collect(args: argparse.Namespace, grid: list[tuple[str, str, int]]) -> dict:
+    """Each cell of ``grid``: its state and, for finished ones, its scores."""
     out = Path(args.out)
     cells = []
-    for dataset, model, seed in grid_cells(args):
+    for dataset, model, seed in grid:
         folder = run_dir(out, dataset, model, seed)
         cell = {"dataset": dataset, "model": model, "seed": seed, "state": state(folder),
                 "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)}
@@ -412,9 +415,10 @@ def format_table(payload: dict) -> str:
 
 def write_table(args: argparse.Namespace) -> dict:
     """Rewrite ``<out>.md`` / ``<out>.json`` over the whole grid (not only this process's selection)."""
-    args = grid_view(args)
+    grid = grid_cells(args)
+    args = grid_view(args, grid)
     out = Path(args.out)
-    payload = collect(args)
+    payload = collect(args, grid)
     payload["command"] = command_for(args)
     payload["protocol"] = {"head_init": args.head_init, "image_size": args.image_size, "epochs": args.epochs, "batch_size": args.batch_size,
                            "seeds": args.seeds, **RECIPE, "lr": args.lr, "threads_per_run": args.threads,

@@ -41,11 +41,13 @@ def finished_runs(folder: Path) -> list[tuple[float, Path]]:
 
 
 def describe(kind: str, run: Path) -> str:
+    from laworder.models.mk_unet import DEFAULT_HEAD_INIT
+
     config = (run / "config.yaml").read_text()
     size = next(line.split(":")[1].strip() for line in config.splitlines() if line.startswith("image_size:"))
     if kind == "protocol":
         grid = run.parents[2] / "grid.json"  # <grid>/<dataset>/<model>/seed<k>
-        head_init = json.loads(grid.read_text())["head_init"] if grid.is_file() else "nonnegative"
+        head_init = json.loads(grid.read_text())["head_init"] if grid.is_file() else DEFAULT_HEAD_INIT
         return (f"One run of the paper's Table 12 recipe at {size}² on this CPU (the best validation Dice among the "
                 f"finished seeds of bench/seg_protocol.py, output heads initialised `{head_init}`). "
                 "The paper trains at 256².")

@@ -160,7 +160,7 @@ def test_a_process_training_part_of_the_grid_still_tables_the_whole_grid(protoco
     assert len(cells) == 2 * 3 + 2 * 3 + 2 * 3 and cells == protocol.grid_cells(selection())
     assert cells[:4] == [("polyps", "order", 0), ("polyps", "mk_unet", 0), ("brisc", "order", 0), ("brisc", "mk_unet", 0)]
     assert cells[-1] == ("polyps", "order_cbam", 2)
-    view = protocol.grid_view(narrow)
+    view = protocol.grid_view(narrow, cells)
     assert view.datasets == ["polyps", "brisc"] and view.seeds == [0, 1, 2] and "order_se" in view.models
     (tmp_path / "polyps" / "order" / "seed7").mkdir(parents=True)  # a run started by hand joins the grid
     assert ("polyps", "order", 7) in protocol.grid_cells(narrow)
