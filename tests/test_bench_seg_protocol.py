@@ -63,6 +63,24 @@ def test_no_gain_is_refuted_and_too_few_seeds_stay_pending(protocol, tmp_path):
     assert protocol.compare(tmp_path, cells, "polyps", "order_se") is None  # no comparator run at all
 
 
+def test_the_margin_is_half_the_papers_gain_over_each_comparator(protocol, tmp_path):
+    # ORDER +2 points over both comparators: clear of 0, and of SE-skip's margin (half the paper's
+    # +1.0) but not of MK-UNet's (half of +6.0)
+    cells = []
+    for seed in range(3):
+        for model in ("mk_unet", "order_se"):
+            cells.append(fake_run(protocol, tmp_path, model, seed, subsets(np.random.default_rng(seed))))
+        cells.append(fake_run(protocol, tmp_path, "order", seed, subsets(np.random.default_rng(seed), shift=0.02)))
+    over_mk_unet = protocol.compare(tmp_path, cells, "polyps", "mk_unet")
+    over_se = protocol.compare(tmp_path, cells, "polyps", "order_se")
+    assert over_mk_unet["margin"] == pytest.approx(0.03) and over_se["margin"] == pytest.approx(0.005)
+    assert over_mk_unet["verdict"] == "wins (small: below the margin)" and over_se["verdict"] == "wins"
+    assert "| +1.0 | wins |" in protocol.format_comparison(over_se)
+    assert protocol.margin("brisc", "mk_unet") == pytest.approx(0.01)
+    with pytest.raises(KeyError, match="PAPER_GAIN"):
+        protocol.margin("brisc", "order_se")
+
+
 def test_runs_scored_on_different_test_images_are_refused(protocol, tmp_path):
     rng = np.random.default_rng(0)
     cells = [fake_run(protocol, tmp_path, "order", 0, subsets(rng)),
