@@ -223,9 +223,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def out_flag(args: argparse.Namespace) -> str:
+    """`` --out ...`` for a grid outside the default folder, else ''; every command the table prints carries it."""
+    return "" if Path(args.out).name == "seg_protocol" else f" --out bench/results/{Path(args.out).name}"
+
+
 def command_for(args: argparse.Namespace) -> str:
-    extra = "" if Path(args.out).name == "seg_protocol" else f" --out bench/results/{Path(args.out).name}"
-    extra += f" --head-init {args.head_init}"
+    extra = out_flag(args) + f" --head-init {args.head_init}"
     extra += f" --models {' '.join(args.models)} --seeds {' '.join(map(str, args.seeds))} --datasets {' '.join(args.datasets)}"
     return ("OMP_NUM_THREADS=1 python bench/seg_protocol.py --resume "
             f"--image-size {args.image_size} --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g}{extra}")
@@ -460,7 +464,7 @@ def write_table(args: argparse.Namespace) -> dict:
     paper = args.epochs == 100 and args.lr == 1e-4 and args.max_steps is None
     recipe = "Table 12 recipe" if paper else f"NOT the paper protocol: {args.epochs} epochs, lr {args.lr:g}"
     header = (f"# {args.title} at {args.image_size}² ({recipe}, CPU, one thread per run)\n\n"
-              f"Command: `{payload['command']}` (then `python bench/seg_protocol.py --table`)\n\n"
+              f"Command: `{payload['command']}` (then `python bench/seg_protocol.py{out_flag(args)} --table`)\n\n"
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
               f"BCE + Dice, h/v flips and ±90° rotations, output heads initialised `{args.head_init}`, "
               "a fresh 90/10 train/val split per seed, best validation "

@@ -195,3 +195,17 @@ def test_the_bootstrap_does_not_depend_on_the_order_seeds_were_listed_in(protoco
     forward = protocol.compare(tmp_path, cells, "polyps", "mk_unet")
     backward = protocol.compare(tmp_path, cells[::-1], "polyps", "mk_unet")
     assert forward["ci"] == backward["ci"]
+
+
+def test_commands_for_a_grid_outside_the_default_folder_name_it(protocol):
+    """Both the training command and the table-regeneration command must point at the same grid."""
+    import argparse
+
+    def args(out: str) -> argparse.Namespace:
+        return argparse.Namespace(out=out, head_init="balanced", models=["order"], seeds=[0], datasets=["polyps"],
+                                  image_size=160, epochs=100, batch_size=16, lr=1e-4)
+
+    assert protocol.out_flag(args("bench/results/seg_protocol")) == ""
+    assert protocol.out_flag(args("/x/seg_protocol_balanced")) == " --out bench/results/seg_protocol_balanced"
+    assert " --out bench/results/seg_protocol_balanced " in protocol.command_for(args("/x/seg_protocol_balanced"))
+    assert "--out" not in protocol.command_for(args("bench/results/seg_protocol"))
