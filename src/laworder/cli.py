@@ -73,8 +73,14 @@ def _loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _build_config(cls, args: argparse.Namespace, extra: dict[str, Any]):
     from laworder.config import deep_merge, load_config, parse_overrides
 
-    overrides = deep_merge({k: v for k, v in extra.items() if v is not None}, {"loop": _loop_overrides(args)})
-    overrides = deep_merge(overrides, parse_overrides(args.overrides, cls))
+    # Flags not given add nothing: an empty ``loop`` mapping would *replace* the YAML's loop section
+    # (deep_merge's "{} clears" rule is for an explicit ``--set section={}``, not for absent flags).
+    flags = {k: v for k, v in extra.items() if v is not None}
+    loop = _loop_overrides(args)
+    if loop:
+        flags = deep_merge(flags, {"loop": loop})
+    # Precedence: dataclass defaults <- YAML <- --set <- explicit flags (the most specific wins).
+    overrides = deep_merge(parse_overrides(args.overrides, cls), flags)
     return load_config(cls, args.config, overrides)
 
 
