@@ -26,6 +26,7 @@ from laworder.metrics import (
     threshold_logits,
 )
 from laworder.metrics import fid as fid_module
+from laworder.metrics.boundary import hd95_nsd_per_image
 
 
 def _mask(rows: list[str]) -> torch.Tensor:
@@ -83,6 +84,59 @@ def test_threshold_logits_cuts_sigmoid_at_threshold():
     assert threshold_logits(logits, 0.95).flatten().tolist() == [False, False, False, True]
     with pytest.raises(ValueError):
         threshold_logits(logits, 1.0)
+
+
+# --- HD95 / normalised surface Dice ----------------------------------------------------------
+
+
+def test_hd95_nsd_match_hand_computed_shift():
+    # a 2×2 square shifted one pixel right: every pixel is a boundary pixel; each mask has two
+    # boundary pixels at distance 0 and two at distance 1 from the other -> HD95 = 1
+    pred = _mask(["......", "..##..", "..##..", "......"])
+    target = _mask(["......", "...##.", "...##.", "......"])
+    hd95, nsd = hd95_nsd_per_image(pred, target, tolerance=2.0)
+    assert hd95.tolist() == [1.0] and nsd.tolist() == [1.0]
+    # tolerance 0.5 px: only the 2 + 2 distance-0 pixels of 8 count
+    assert hd95_nsd_per_image(pred, target, tolerance=0.5)[1].item() == pytest.approx(0.5)
+
+
+def test_hd95_is_a_percentile_not_the_maximum():
+    # a 20-pixel line, and the same line plus one stray pixel 10 px away: the stray pixel is 1
+    # of 21 target boundary distances, above the 95th percentile (Hausdorff max would be 10)
+    pred = torch.zeros(1, 1, 12, 20)
+    pred[0, 0, 0, :] = 1
+    target = pred.clone()
+    target[0, 0, 10, 0] = 1
+    hd95, nsd = hd95_nsd_per_image(pred, target, tolerance=2.0)
+    assert hd95.item() == 0.0
+    assert nsd.item() == pytest.approx((20 + 20) / (20 + 21))
+
+
+def test_hd95_of_two_single_pixels_is_their_distance():
+    pred, target = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    pred[0, 0, 1, 1], target[0, 0, 4, 5] = 1, 1  # 3-4-5 triangle
+    hd95, nsd = hd95_nsd_per_image(pred, target, tolerance=4.9)
+    assert hd95.item() == pytest.approx(5.0) and nsd.item() == 0.0
+    assert hd95_nsd_per_image(pred, target, tolerance=5.0)[1].item() == 1.0
+
+
+def test_hd95_nsd_empty_mask_rule():
+    empty = torch.zeros(1, 1, 6, 8, dtype=torch.bool)
+    some = empty.clone()
+    some[0, 0, 2:4, 2:4] = True
+    hd95, nsd = hd95_nsd_per_image(torch.cat([empty, empty, some, some]), torch.cat([empty, some, empty, some]))
+    # both empty: 0 / 1; one empty: the image diagonal √(6² + 8²) = 10 / 0; identical: 0 / 1
+    assert hd95.tolist() == [0.0, 10.0, 10.0, 0.0]
+    assert nsd.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_hd95_nsd_reject_bad_input():
+    with pytest.raises(DataError, match="binary"):
+        hd95_nsd_per_image(torch.full((1, 1, 2, 2), 0.7), torch.ones(1, 1, 2, 2))
+    with pytest.raises(DataError, match="differ"):
+        hd95_nsd_per_image(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="tolerance"):
+        hd95_nsd_per_image(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), tolerance=-1)
 
 
 # --- subset means, mean ± std -----------------------------------------------------------------

@@ -84,6 +84,11 @@ def test_per_class_scores_and_their_mean():
     row = score_rows(per_class_scores(pred, target, NAMES))[0]
     assert row["dice_lesion_1"] == 1.0 and row["dice_lesion_2"] == pytest.approx(6 / 7)
     assert row["iou_lesion_2"] == pytest.approx(3 / 4) and row["dice"] == pytest.approx((1 + 6 / 7) / 2)
+    assert "hd95" not in row  # boundary metrics only when a tolerance is given
+    pred[0, 0, :2, :2] = 0  # class 1 missed: HD95 = diagonal √32, NSD 0; class 2 within 1 px
+    row = score_rows(per_class_scores(pred, target, NAMES, nsd_tolerance=2.0))[0]
+    assert row["hd95_lesion_1"] == pytest.approx(32 ** 0.5) and row["nsd_lesion_1"] == 0.0
+    assert row["nsd_lesion_2"] == 1.0 and row["nsd"] == pytest.approx(0.5)
 
 
 def test_binary_keeps_its_loss_and_head():

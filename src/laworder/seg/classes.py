@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from laworder.data.labels import is_multiclass, output_channels
+from laworder.metrics.boundary import hd95_nsd_per_image
 from laworder.metrics.overlap import dice_iou_per_image
 
 
@@ -35,26 +36,37 @@ def predict_labels(logits: Tensor) -> Tensor:
     return logits.argmax(dim=1, keepdim=True)
 
 
-def per_class_scores(pred: Tensor, target: Tensor, names: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per-image Dice and IoU of every foreground class: ``{name: (dice B, iou B)}``.
+def per_class_scores(pred: Tensor, target: Tensor, names: list[str],
+                     nsd_tolerance: float | None = None) -> dict[str, dict[str, Tensor]]:
+    """Per-image scores of every foreground class: ``{name: {"dice": B, "iou": B}}``, plus
+    ``"hd95"``/``"nsd"`` (``laworder.metrics.boundary``) when ``nsd_tolerance`` (px) is given.
 
     ``pred`` and ``target`` are ``B×1×H×W`` class indices (any numeric dtype).
     """
     target = target.to(pred.device).round().long()
     pred = pred.long()
-    return {name: dice_iou_per_image(pred == value, target == value) for value, name in enumerate(names) if value > 0}
+    scores = {}
+    for value, name in enumerate(names):
+        if value == 0:
+            continue
+        dice, iou = dice_iou_per_image(pred == value, target == value)
+        scores[name] = {"dice": dice, "iou": iou}
+        if nsd_tolerance is not None:
+            hd95, nsd = hd95_nsd_per_image(pred == value, target == value, nsd_tolerance)
+            scores[name].update(hd95=hd95.to(dice.device), nsd=nsd.to(dice.device))
+    return scores
 
 
-def score_rows(scores: dict[str, tuple[Tensor, Tensor]]) -> list[dict[str, float]]:
-    """Per-image rows ``{dice, iou, dice_<class>, iou_<class>...}``; ``dice``/``iou`` = mean over classes."""
+def score_rows(scores: dict[str, dict[str, Tensor]]) -> list[dict[str, float]]:
+    """Per-image rows ``{dice, iou, dice_<class>, iou_<class>...}`` (and ``hd95``/``nsd`` likewise
+    when scored); each plain metric is the mean over the classes."""
     names = list(scores)
-    dice = torch.stack([scores[n][0] for n in names], dim=1)
-    iou = torch.stack([scores[n][1] for n in names], dim=1)
+    metrics = list(scores[names[0]])
+    stacked = {m: torch.stack([scores[n][m] for n in names], dim=1) for m in metrics}
     rows = []
-    for b in range(dice.shape[0]):
-        row = {"dice": float(dice[b].mean()), "iou": float(iou[b].mean())}
+    for b in range(stacked[metrics[0]].shape[0]):
+        row = {m: float(stacked[m][b].mean()) for m in metrics}
         for k, name in enumerate(names):
-            row[f"dice_{name}"] = float(dice[b, k])
-            row[f"iou_{name}"] = float(iou[b, k])
+            row.update({f"{m}_{name}": float(stacked[m][b, k]) for m in metrics})
         rows.append(row)
     return rows

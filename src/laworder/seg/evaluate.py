@@ -1,4 +1,5 @@
-"""``laworder seg evaluate``: per-image Dice/IoU, mean per subset and over subsets."""
+"""``laworder seg evaluate``: per-image Dice/IoU (and, when asked, HD95 / normalised surface Dice),
+mean per subset and over subsets."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from laworder.data.labels import is_multiclass
 from laworder.data.layouts import load_dataset
 from laworder.data.records import PairRecord
 from laworder.errors import DataError
+from laworder.metrics.boundary import HD_PERCENTILE, hd95_nsd_per_image
 from laworder.metrics.overlap import dice_iou_per_image
 from laworder.seg.classes import per_class_scores, predict_labels, score_rows
 from laworder.seg.runtime import inference_model
@@ -28,6 +30,9 @@ class EvalResult:
     per_image: dict[str, list[dict]] = field(default_factory=dict)  # subset -> [{stem, dice, iou}]
     subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # subset -> {dice, iou, n}
     mean: dict[str, float] = field(default_factory=dict)  # mean over subsets (each subset weighs 1)
+    # how hd95/nsd were measured, when they were: {"nsd_tolerance_px", "hd_percentile", "grid_px",
+    # "one_empty_hd95"}; empty when only Dice/IoU were computed
+    boundary: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,14 +48,19 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tenso
 def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], image_size: int,
                      channels: int = 3, threshold: float = 0.5, batch_size: int = 16,
                      device: str | torch.device = "cpu", progress: bool = False,
-                     labels: list[str] | None = None, compile: bool = False) -> EvalResult:
+                     labels: list[str] | None = None, compile: bool = False,
+                     nsd_tolerance: float | None = None) -> EvalResult:
     """Score ``model`` on each named subset of records at ``image_size``² (masks resized nearest).
 
     ``progress`` shows a tqdm bar per subset (batches). ``labels`` with K > 2 class names scores
     a multi-class model (``laworder.seg.classes``): each row and summary also holds
     ``dice_<class>``/``iou_<class>``, and ``dice``/``iou`` are the means over the classes.
     ``model`` is not modified: an inference copy (``laworder.seg.runtime``) is scored, compiled
-    with ``compile=True`` (eager fallback on a compile error)."""
+    with ``compile=True`` (eager fallback on a compile error).
+
+    ``nsd_tolerance`` (px) adds the boundary metrics ``hd95`` (px) and ``nsd`` to every row and
+    summary (``laworder.metrics.boundary``: measured on the ``image_size``² grid, empty-mask rule
+    there; multi-class: per class and their mean); ``None`` computes Dice/IoU only."""
     if not subsets or not any(subsets.values()):
         raise DataError("nothing to evaluate: the dataset has no test subsets (give --subset or a pair folder)")
     multiclass = is_multiclass(labels)
@@ -71,18 +81,24 @@ def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], ima
         for batch in loader:
             if multiclass:
                 pred = predict_labels(model(batch["image"].to(device)))
-                scores = score_rows(per_class_scores(pred, batch["mask"], labels))
+                scores = score_rows(per_class_scores(pred, batch["mask"], labels, nsd_tolerance))
                 rows += [{"stem": records[index].stem, **row} for index, row in zip(batch["index"].tolist(), scores)]
                 continue
-            probs = predict_probabilities(model, batch["image"].to(device))
-            dice, iou = dice_iou_per_image(probs >= threshold, batch["mask"].to(device) > 0.5)
-            for index, d, i in zip(batch["index"].tolist(), dice.tolist(), iou.tolist()):
-                rows.append({"stem": records[index].stem, "dice": d, "iou": i})
+            pred = predict_probabilities(model, batch["image"].to(device)) >= threshold
+            target = batch["mask"].to(device) > 0.5
+            scores = dict(zip(("dice", "iou"), dice_iou_per_image(pred, target)))
+            if nsd_tolerance is not None:
+                scores.update(zip(("hd95", "nsd"), hd95_nsd_per_image(pred, target, nsd_tolerance)))
+            for position, index in enumerate(batch["index"].tolist()):
+                rows.append({"stem": records[index].stem, **{k: float(v[position]) for k, v in scores.items()}})
         result.per_image[subset] = rows
         keys = [k for k in rows[0] if k != "stem"]
         result.subsets[subset] = {**{k: sum(r[k] for r in rows) / len(rows) for k in keys}, "n": len(rows)}
     keys = [k for k in next(iter(result.subsets.values())) if k != "n"]
     result.mean = {k: sum(s[k] for s in result.subsets.values()) / len(result.subsets) for k in keys}
+    if nsd_tolerance is not None:
+        result.boundary = {"nsd_tolerance_px": float(nsd_tolerance), "hd_percentile": HD_PERCENTILE,
+                           "grid_px": [image_size, image_size], "one_empty_hd95": "image diagonal"}
     return result
 
 
@@ -111,7 +127,22 @@ def format_markdown(result: EvalResult, title: str = "") -> str:
         for name, scores in [*result.subsets.items(), ("mean", result.mean)]:
             table += f"| {name} | " + " | ".join(f"{100 * scores[f'dice_{c}']:.1f} | {100 * scores[f'iou_{c}']:.1f}"
                                                  for c in classes) + " |\n"
+    if result.boundary:
+        table += "\n" + format_boundary_markdown(result)
     return table
+
+
+def format_boundary_markdown(result: EvalResult) -> str:
+    """HD95 (px, lower is better) and NSD (%, higher is better) per subset and over subsets."""
+    info = result.boundary
+    grid = "×".join(str(v) for v in info.get("grid_px", [])) or "?"
+    lines = [f"Boundary metrics on the {grid} px grid: HD95 in px (lower is better; one empty mask scores the "
+             f"image diagonal), NSD at {info['nsd_tolerance_px']:g} px tolerance in % (higher is better).", "",
+             "| Subset | n | HD95 (px) | NSD (%) |", "|---|---|---|---|"]
+    for name, scores in result.subsets.items():
+        lines.append(f"| {name} | {scores['n']} | {scores['hd95']:.2f} | {100 * scores['nsd']:.1f} |")
+    lines.append(f"| mean over subsets | | {result.mean['hd95']:.2f} | {100 * result.mean['nsd']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_eval(result: EvalResult, out_dir: str | Path, title: str = "") -> Path:
