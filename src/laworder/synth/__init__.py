@@ -4,7 +4,8 @@
   ratio, law, adaptive_distillation, noise_consistency, siamese),
 - ``backbones``: ``builtin`` (small pixel-space UNet + ControlNet) and ``sd15``,
 - ``task``: ``SynthTask`` for the shared training core and ``train_synth(config)``,
-- ``sampler``: DDIM + classifier-free guidance and ``sample_pool``.
+- ``sampler``: DDIM + classifier-free guidance and ``sample_pool``,
+- ``pretrained``: generators shipped in the package (``load_pretrained("polyps/law")``).
 """
 
 _LAZY = {  # name -> submodule: importing ``laworder.synth`` (the CLI does, to build its parser) stays torch-free
@@ -14,6 +15,7 @@ _LAZY = {  # name -> submodule: importing ``laworder.synth`` (the CLI does, to b
     "SynthTask": "task", "train_synth": "task", "build_backbone": "task",
     "MaskConditionedSampler": "sampler", "sample_pool": "sampler", "load_backbone": "sampler",
     "check_sampling_args": "sampler",
+    "load_pretrained": "pretrained", "list_generators": "pretrained", "PretrainedGenerator": "pretrained",
 }
 
 
@@ -28,5 +30,5 @@ def __getattr__(name: str):
 __all__ = [
     "BACKBONES", "Backbone", "create_backbone", "SynthConfig", "OBJECTIVES", "Objective", "ObjectiveOutput",
     "create_objective", "SynthTask", "train_synth", "build_backbone", "MaskConditionedSampler", "sample_pool",
-    "load_backbone", "check_sampling_args",
+    "load_backbone", "check_sampling_args", "load_pretrained", "list_generators", "PretrainedGenerator",
 ]

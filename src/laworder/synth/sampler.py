@@ -236,7 +236,7 @@ def load_mask_tensor(path: Path, size: int) -> torch.Tensor:
 
 
 def sample_pool(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     masks: Any,
     out_dir: str | Path,
     steps: int = 50,
@@ -254,6 +254,7 @@ def sample_pool(
     mask_guidance: float = 1.0,
     resume: bool = False,
     skip_unreadable: bool = False,
+    pretrained: str | None = None,
 ) -> Path:
     """Generate one image per mask and write a pair folder + ``manifest.json``; returns ``out_dir``.
 
@@ -264,7 +265,8 @@ def sample_pool(
     uninterrupted one.
 
     Args:
-        checkpoint: a ``synth train`` run folder, its ``model/last`` or a checkpoint folder.
+        checkpoint: a ``synth train`` run folder, its ``model/last`` or a checkpoint folder
+            (``None`` with ``pretrained``).
         masks: a folder of masks, a dataset (see ``collect_masks``) or a list of ``PairRecord``.
         out_dir: the pool folder (``images/``, ``masks/``, ``manifest.json``).
         steps, guidance_scale, eta: DDIM settings (50, 10.0, 0.0; see ``check_sampling_args``).
@@ -279,6 +281,8 @@ def sample_pool(
         overwrite: replace the pool files in a non-empty ``out_dir``.
         resume: continue the partial pool in ``out_dir`` (its settings must match).
         skip_unreadable: leave out unreadable masks (listed in ``skipped.json``) instead of stopping.
+        pretrained: a generator shipped in the package (``polyps/law``, ``laworder.synth.pretrained``)
+            instead of ``checkpoint``.
 
     Raises:
         ConfigError, MissingWeightsError, DataError, RunDirError (``out_dir`` not empty without
@@ -299,7 +303,21 @@ def sample_pool(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunDirError(f"pool folder {out_dir} is a file; choose a folder path")
-    backbone, config, weight_files = load_backbone(checkpoint)
+    if (checkpoint is None) == (pretrained is None):
+        raise ConfigError("give a trained run (checkpoint) or a shipped generator (pretrained), not both or neither")
+    if pretrained is not None:
+        from laworder.synth.pretrained import load_pretrained
+
+        generator = load_pretrained(pretrained)
+        backbone, weight_files = generator.backbone, sorted(set(generator.weights.files.values()))
+        meta = generator.weights.meta
+        origin = {"method": meta.get("objective"), "objective_kwargs": meta.get("objective_kwargs", {}),
+                  "backbone": meta["backbone"], "checkpoint": f"pretrained:{generator.name}",
+                  "pretrained": generator.name}
+    else:
+        backbone, config, weight_files = load_backbone(checkpoint)
+        origin = {"method": config.objective, "objective_kwargs": config.objective_kwargs, "backbone": config.backbone,
+                  "checkpoint": str(Path(checkpoint).resolve())}
     try:
         torch.device(device) if device is not None else None
     except RuntimeError as exc:
@@ -335,10 +353,7 @@ def sample_pool(
             return out_dir
         entries = [{"stem": item.stem, "seed": mask_seed(seed, item.stem), "source_mask": str(item.path)} for item in items]
         manifest = {
-            "method": config.objective,
-            "objective_kwargs": config.objective_kwargs,
-            "backbone": config.backbone,
-            "checkpoint": str(Path(checkpoint).resolve()),
+            **origin,
             "checkpoint_sha256": settings["checkpoint_sha256"],
             "seed": seed,
             "seed_rule": "base seed + crc32(stem)",

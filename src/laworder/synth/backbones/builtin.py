@@ -88,8 +88,9 @@ class BuiltinBackbone(Backbone):
             (default (16, 32) at the image resolution; on latents one more block per 2× patch merge).
         beta_schedule: DDPM schedule (default ``squaredcos_cap_v2`` in pixel space, which suits
             small images; SD's ``scaled_linear`` on latents).
-        vae: a ``synth pretrain-vae`` run or a diffusers ``AutoencoderKL`` folder: diffuse in its
-            latent space (frozen; latent size = resolution / its downsampling).
+        vae: a ``synth pretrain-vae`` run or a diffusers ``AutoencoderKL`` folder (or such a
+            module, already built): diffuse in its latent space (frozen; latent size =
+            resolution / its downsampling).
         controlnet: build the ControlNet now (False: the UNet alone, for ``synth pretrain``, or
             ``add_controlnet`` later, after the pretrained UNet is loaded).
     """
@@ -112,7 +113,7 @@ class BuiltinBackbone(Backbone):
         dense_hint_channels: Sequence[int] | None = None,
         beta_schedule: str | None = None,
         num_train_timesteps: int = 1000,
-        vae: str | None = None,
+        vae: str | nn.Module | None = None,
         controlnet: bool = True,
     ) -> None:
         from diffusers import UNet2DConditionModel
@@ -130,7 +131,8 @@ class BuiltinBackbone(Backbone):
         if vae is not None:
             from laworder.synth.vae import check_latent_fit, load_vae, vae_downsample
 
-            self.vae = load_vae(vae)
+            # a module: an AutoencoderKL already built (a shipped generator's, ``synth.pretrained``)
+            self.vae = vae.eval().requires_grad_(False) if isinstance(vae, nn.Module) else load_vae(vae)
             if int(self.vae.config.in_channels) != image_channels:
                 raise ConfigError(f"the VAE at {vae} takes {self.vae.config.in_channels}-channel images, "
                                   f"not image_channels={image_channels}")
