@@ -165,3 +165,39 @@ def test_sample_pool_from_a_shipped_generator(env, runs, tmp_path):
     with pytest.raises(ConfigError, match="not both or neither"):
         sample_pool(runs["law"], str(masks), tmp_path / "p2", pretrained="tiny/law")
     assert list_generators() and list_generators()[0].name == "tiny/law"
+
+
+def test_ship_script_finds_moved_runs_and_ships_them(runs, tmp_path, monkeypatch, capsys):
+    """bench/ship_generators.py on a folder of copied runs whose recorded base / VAE paths are gone."""
+    import importlib.util
+    import shutil
+
+    import yaml
+
+    source = tmp_path / "polyps_law"
+    for part in ("law", "base", "vae"):
+        shutil.copytree(runs[part], source / part)
+    for part, key in (("law", "base"), ("base", "vae"), ("law", "vae")):
+        path = source / part / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        if key == "base":
+            config["base"] = "/gone/base"
+        else:
+            config["backbone_kwargs"]["vae"] = "/gone/vae"
+        path.write_text(yaml.safe_dump(config))
+    (source / "metrics.json").write_text(json.dumps({"recovery_dice_mg1": 0.61}))
+    (source / "README.md").write_text("Trained by the generator session.\n")
+    spec = importlib.util.spec_from_file_location("ship_generators", Path(__file__).parents[1] / "bench" / "ship_generators.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run, base, vae = module.locate(source)
+    assert (run, base, vae) == (source / "law", source / "base", source / "vae" / "model" / "vae")
+    dest = tmp_path / "dest"
+    monkeypatch.setattr("sys.argv", ["ship", f"tiny/law={source}", "--dest", str(dest), "--check-count", "2",
+                                     "--tolerance", "255"])
+    module.main()
+    assert "tiny/law: float16" in capsys.readouterr().out
+    meta = find_generator("tiny/law", dest).meta
+    assert meta["metrics"] == {"recovery_dice_mg1": 0.61} and "generator session" in meta["notes"]
+    assert meta["fp16_check"]["masks"] == 2
+    assert load_pretrained("tiny/law", dest).generate(np.ones((1, 16, 16)), seed=0).shape == (1, 3, 16, 16)

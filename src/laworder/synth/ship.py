@@ -49,7 +49,7 @@ def load_run_backbone(run_dir: str | Path, base: str | Path | None = None, vae: 
         MissingWeightsError: the run, its base, its VAE or a weights file is absent.
         ConfigError: not a builtin-backbone run.
     """
-    from laworder.synth.base_model import resolve_base
+    from laworder.synth.base_model import load_base_weights, resolve_base
     from laworder.synth.sampler import find_run
     from laworder.synth.task import build_backbone
     from laworder.training import load_weights
@@ -57,19 +57,26 @@ def load_run_backbone(run_dir: str | Path, base: str | Path | None = None, vae: 
     weights, config = find_run(run_dir)
     if base is not None:
         config = replace(config, base=str(Path(base).expanduser().resolve()))
-    if vae is not None:
-        config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": str(Path(vae).expanduser().resolve())})
     if config.backbone != "builtin":
         raise ConfigError(f"{run_dir}: only builtin-backbone runs can be shipped (this one is {config.backbone!r})")
     if config.stage != "controlnet":
         raise ConfigError(f"{run_dir} is a `synth pretrain` run: ship the ControlNet run trained on top of it")
+    if vae is not None:  # the recorded VAE path (in the run's and the base's config) is replaced, not compared
+        config = replace(config, backbone_kwargs={k: v for k, v in config.backbone_kwargs.items() if k != "vae"})
     config = resolve_base(config)
-    backbone = build_backbone(config)
-    for name in backbone.sampling_modules:
+    if vae is not None:
+        config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": str(Path(vae).expanduser().resolve())})
+    # built without the base (whose recorded VAE may be gone), then the base's weights loaded by hand:
+    # the ControlNet's own weights replace whatever from_unet would have copied
+    backbone = build_backbone(replace(config, base=None, unet_trainable="none"))
+    if config.base:
+        load_base_weights(backbone, config.base)
+    for name in ("unet", "embedding", "controlnet"):
         file = weights / f"{name}.safetensors"
-        if not file.is_file():
+        if file.is_file():
+            load_weights(backbone.network(name), file)
+        elif name == "controlnet" or not config.base:  # a frozen UNet / embedding comes from the base
             raise MissingWeightsError(f"{weights} has no {file.name}; expected the trained {name} weights there")
-        load_weights(backbone.modules[name], file)
     for module in (*backbone.modules.values(), *backbone.frozen_modules().values()):
         module.eval().requires_grad_(False)
     return backbone, config
