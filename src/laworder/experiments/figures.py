@@ -103,3 +103,26 @@ def plot_probe(runs: dict[str, str | Path] | str | Path, out: str | Path) -> Pat
     axes[0][0].set_ylabel("gap (> 0: the mask is used)")
     axes[0][-1].legend(fontsize=7)
     return save_figure(fig, out, dpi=110)
+
+
+def plot_mask_image_rows(masks: np.ndarray, rows: dict[str, np.ndarray], out: str | Path,
+                         titles: Sequence[str] | None = None, size: float = 1.4) -> Path:
+    """Columns = samples; first row the conditioning masks, then one row per label (e.g. a generator).
+
+    ``masks``: ``N×H×W`` bool or {0, 1}; each row: ``N×H×W×3`` float in [0, 1] (any H, W).
+    """
+    labels = list(rows)
+    n = len(masks)
+    fig, axes = plt.subplots(1 + len(labels), n, figsize=(size * n + 0.8, size * (1 + len(labels))), squeeze=False)
+    for col in range(n):
+        panels = [masks[col].astype(float)] + [rows[label][col] for label in labels]
+        for row, panel in enumerate(panels):
+            ax = axes[row][col]
+            ax.imshow(np.clip(panel, 0, 1), cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel((["mask"] + labels)[row], fontsize=7)
+        if titles:
+            axes[0][col].set_title(titles[col], fontsize=6)
+    return save_figure(fig, out, dpi=100)

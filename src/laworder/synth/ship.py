@@ -173,7 +173,6 @@ def export_generator(run_dir: str | Path, dest_root: str | Path, name: str, desc
     backbone, config = load_run_backbone(run_dir, base, vae)
     kwargs = {**objective_backbone_defaults(config.objective), **config.backbone_kwargs}
     kwargs.pop("vae", None)
-    modules = {n: backbone.network(n) for n in GENERATOR_MODULES if n in backbone.modules or n in backbone.frozen}
 
     # reference: the run's own float32 networks
     stems, masks = _check_masks(check_masks, config, check_count, backbone.resolution)
@@ -182,32 +181,20 @@ def export_generator(run_dir: str | Path, dest_root: str | Path, name: str, desc
                                      sampling["mask_guidance"])
     reference = _to_uint8(sampler.sample(masks, seeds))
 
-    root = Path(dest_root) / SYNTH_SUBDIR
-    folder = root / name.replace("/", "-")
-    folder.mkdir(parents=True, exist_ok=True)
-    vae_module = getattr(backbone, "vae", None)
     meta: dict[str, Any] = {
-        "name": name, "dataset": name.split("/")[0], "variant": name.split("/")[1],
         "objective": config.objective, "objective_kwargs": config.objective_kwargs,
-        "backbone": config.backbone, "backbone_kwargs": kwargs,
-        # the diffusers config minus its bookkeeping (``_name_or_path`` is a path on this machine)
-        "vae_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(vae_module.config).items()
-                       if not k.startswith("_")} if vae_module is not None else None,
-        "resolution": backbone.resolution, "image_channels": backbone.image_channels,
-        "latent": {"channels": backbone.target_channels, "size": backbone.target_size},
         "sampling": sampling, "description": description, "command": command,
         "metrics": metrics or {}, "notes": notes,
-        "params": {n: int(sum(p.numel() for p in m.parameters())) for n, m in modules.items()},
         "terms": terms or _data_terms(name.split("/")[0]),
         "source_run": source_name or str(run_dir),
     }
     meta["training"] = _training(Path(run_dir), config)
 
+    root = Path(dest_root) / SYNTH_SUBDIR
+    folder = root / name.replace("/", "-")
+
     def write(storage: str) -> tuple[GeneratorWeights, dict[str, Any]]:
-        files = {n: _write_blob(m.state_dict(), root / MODULES_SUBDIR, n, storage) for n, m in modules.items()}
-        meta["dtype"] = storage
-        meta["modules"] = {n: f"../{MODULES_SUBDIR}/{f.name}" for n, f in files.items()}
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        save_generator(backbone, dest_root, name, kwargs, meta, storage)
         shipped = load_pretrained(str(folder))
         with torch.no_grad():
             images = _to_uint8(shipped.sampler(**{k: sampling[k] for k in ("steps", "guidance_scale", "mask_guidance", "eta")})
@@ -227,6 +214,41 @@ def export_generator(run_dir: str | Path, dest_root: str | Path, name: str, desc
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     (folder / CARD_FILE).write_text(format_card(meta))
     prune_modules(root)
+    return GeneratorWeights(folder.resolve(), meta)
+
+
+def save_generator(backbone, dest_root: str | Path, name: str, backbone_kwargs: dict[str, Any],
+                   meta: dict[str, Any] | None = None, dtype: str = "float16") -> GeneratorWeights:
+    """Write ``backbone``'s networks (``synth/_modules/``) and ``synth/<dataset>-<variant>/meta.json``.
+
+    ``backbone_kwargs`` rebuild the backbone (everything but the VAE, whose config is stored);
+    ``meta`` adds to what is written (objective, sampling, metrics...). ``meta`` is updated in
+    place with the fields written. No card and no float16 check: ``export_generator`` does those.
+    """
+    if dtype not in ("float16", "float32"):
+        raise ConfigError(f"dtype must be float16 or float32, got {dtype!r}")
+    if backbone.name != "builtin":
+        raise ConfigError(f"only builtin backbones can be shipped, got {backbone.name!r}")
+    meta = meta if meta is not None else {}
+    root = Path(dest_root) / SYNTH_SUBDIR
+    folder = root / name.replace("/", "-")
+    folder.mkdir(parents=True, exist_ok=True)
+    modules = {n: backbone.network(n) for n in GENERATOR_MODULES if n in backbone.modules or n in backbone.frozen}
+    vae_module = getattr(backbone, "vae", None)
+    files = {n: _write_blob(m.state_dict(), root / MODULES_SUBDIR, n, dtype) for n, m in modules.items()}
+    meta.update({
+        "name": name, "dataset": name.split("/")[0], "variant": name.split("/")[1],
+        "backbone": backbone.name, "backbone_kwargs": {k: v for k, v in backbone_kwargs.items() if k != "vae"},
+        # the diffusers config minus its bookkeeping (``_name_or_path`` is a path on this machine)
+        "vae_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(vae_module.config).items()
+                       if not k.startswith("_")} if vae_module is not None else None,
+        "resolution": backbone.resolution, "image_channels": backbone.image_channels,
+        "latent": {"channels": backbone.target_channels, "size": backbone.target_size},
+        "params": {n: int(sum(p.numel() for p in m.parameters())) for n, m in modules.items()},
+        "dtype": dtype, "modules": {n: f"../{MODULES_SUBDIR}/{f.name}" for n, f in files.items()},
+    })
+    meta.setdefault("sampling", dict(DEFAULT_SAMPLING))
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return GeneratorWeights(folder.resolve(), meta)
 
 
@@ -365,4 +387,4 @@ frozen VAE or base UNet, are stored once in the package).
 """
 
 
-__all__ = ["export_generator", "load_run_backbone", "format_card", "prune_modules", "DEFAULT_TOLERANCE"]
+__all__ = ["export_generator", "save_generator", "load_run_backbone", "format_card", "prune_modules", "DEFAULT_TOLERANCE"]
