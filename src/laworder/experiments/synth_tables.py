@@ -238,8 +238,10 @@ class LawAblationConfig:
     ``synth`` is the shared diffusion recipe (data = ``seg.data``); ``variants`` maps a row label
     to ``synth`` overrides (``objective``, ``objective_kwargs``). The rows are cumulative as in the
     paper: the max clamp enters with the min clamp (eq. 7 is one clamp) and the last row removes it
-    alone. ``fid_weights`` / ``clip_model`` (local files) add FID/KID and CLIP-I against the real
-    images of the sampled masks (matched counts); stability = training finished with finite losses.
+    alone. ``fid_weights`` (``default``: the installed TF Inception weights, or a weight file) adds
+    FID/KID against the real images of the sampled masks at the pool's resolution (matched counts)
+    with the real test-vs-train floor beside it; ``clip_model`` (a local folder) adds CLIP-I;
+    stability = training finished with finite losses.
     """
 
     output_dir: str = "runs/exp/law_ablation"
@@ -273,20 +275,38 @@ def _real_images_for(pool: Pool, data: str, split: str) -> list[Path]:
 
 
 def image_quality(pool: Pool, data: str, split: str, fid_weights: str, clip_model: str) -> dict:
-    """FID/KID and paired CLIP-I of a pool against the real images of its masks (when weights are given)."""
-    from laworder.metrics import clip_image_similarity, compute_fid_kid, load_clip_image_encoder, load_fid_inception
+    """FID/KID (with the real-vs-real floor) and paired CLIP-I of a pool against the real images
+    of its masks, when weights are given (``fid_weights``: ``default`` or a file)."""
+    from laworder.metrics import clip_image_similarity, load_clip_image_encoder
 
     real = _real_images_for(pool, data, split)
     fake = sorted(r.image for r in load_dataset(str(pool.path), "pairs").train)
     quality: dict[str, Any] = {"reference": f"{data} ({split} images of the conditioning masks)", "n": len(real)}
     if fid_weights:
-        result = compute_fid_kid(real, fake, load_fid_inception(fid_weights), match_counts="truncate",
-                                 reference=quality["reference"], kid_subset_size=min(1000, len(real)))
-        quality["fid"] = result.to_dict()
+        from laworder.experiments.image_quality import pool_fid
+
+        quality.update(pool_fid(pool.path, data, split, weights=fid_weights))
     if clip_model and len(real) == len(fake):
         quality["clip"] = clip_image_similarity(real, fake, load_clip_image_encoder(clip_model),
                                                 reference=quality["reference"]).to_dict()
     return quality
+
+
+def fid_cell(quality: dict) -> str:
+    """``FID (floor F)`` for a table cell, ``–`` without FID."""
+    if "fid" not in quality:
+        return "–"
+    floor = quality.get("floor")
+    return f"{quality['fid']['fid']:.2f}" + (f" (floor {floor['fid']:.2f})" if floor else "")
+
+
+def fid_note(rows: list[dict]) -> str:
+    """The sentence under a table that says which weights computed its FIDs."""
+    labels = sorted({r["quality"]["weights"] for r in rows if "fid" in r.get("quality", {})})
+    if not labels:
+        return ""
+    return (" FID/KID weights: " + "; ".join(labels) + ". Floor = FID of real test vs real train images at the "
+            "generator's resolution and the same count.")
 
 
 @EXPERIMENTS.register("law_ablation")
@@ -305,7 +325,7 @@ class LawAblation(Experiment):
         if config.fid_weights:
             from laworder.metrics import resolve_fid_weights
 
-            resolve_fid_weights(config.fid_weights)
+            resolve_fid_weights(None if config.fid_weights == "default" else config.fid_weights)
 
     def run(self, config: LawAblationConfig, context: RunContext) -> dict:
         segmenter = frozen_segmenter(context, config.segmenter, config.seg)
@@ -333,15 +353,15 @@ class LawAblation(Experiment):
         cells = []
         for r in results["rows"]:
             quality = r.get("quality", {})
-            fid = f"{quality['fid']['fid']:.2f}" if "fid" in quality else "–"
+            fid = fid_cell(quality)
             clip = f"{quality['clip']['clip_i']:.3f}" if "clip" in quality else "–"
             dice = fmt(r["dice"]["mean"], r["dice"]["std"], 1.0, 3) if "dice" in r else "–"
             iou = fmt(r["iou"]["mean"], r["iou"]["std"], 1.0, 3) if "iou" in r else "–"
             cells.append([r["label"], fid, clip, dice, iou, "Stable" if r.get("stable") else "Unstable"])
         return markdown_table(head, cells) + [
             "", "One diffusion run per row (as the paper); mask Dice/IoU ± std over images with the frozen segmenter "
-            f"`{results['segmenter']}`. Stable = training finished with finite losses. FID/CLIP-I only when local "
-            "weights were given (fid_weights, clip_model)."]
+            f"`{results['segmenter']}`. Stable = training finished with finite losses. FID/CLIP-I only when "
+            "weights were given (fid_weights: default or a file; clip_model)." + fid_note(results["rows"])]
 
     def figures(self, results: dict, run_dir: Path, figure_dir: Path) -> list[tuple[str, Path]]:
         from laworder.experiments.plots import latest_snapshot

@@ -13,8 +13,10 @@ Sutherland's stable version) including its numerical guards. Features come from
 KID (Bińkowski et al. 2018) is the unbiased MMD² with the cubic polynomial kernel
 ``k(x, y) = (xᵀy / d + 1)³`` averaged over random subsets, as torch-fidelity reports it.
 
-Every result records its reference set and both sample counts: FID depends strongly on
-the number of images, so numbers are only comparable at equal counts.
+Every result records its reference set, both sample counts and which weights computed it
+(``weights``; anything but the published TF Inception-2015-12-05 file is labelled "not
+comparable with published FID"): FID depends strongly on the number of images, so numbers are
+only comparable at equal counts.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "FewSamplesWarning",
     "compute_fid_kid",
     "extract_features",
+    "fid_kid_from_features",
     "feature_statistics",
     "frechet_distance",
     "kid",
@@ -246,6 +249,9 @@ class FIDResult:
         reference: description of the real reference set (e.g. "Polyps held-out test").
         generated: description of the generated set.
         truncated_from: ``(n_real, n_fake)`` available before truncation, or ``None``.
+        weights: which network computed the features (e.g. "TF Inception 2015-12-05 pool3
+            (default_1.pt, sha1:a16e4d89)"; otherwise it ends in "not comparable with published FID").
+        comparable: the features come from the published FID network (checked by file digest).
     """
 
     fid: float
@@ -258,6 +264,8 @@ class FIDResult:
     kid_subsets: int
     kid_subset_size: int
     truncated_from: tuple[int, int] | None = None
+    weights: str = ""
+    comparable: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -324,18 +332,59 @@ def compute_fid_kid(
         )
     real_features = extract_features(real_images, extractor, batch_size, limit=n_used)
     fake_features = extract_features(fake_images, extractor, batch_size, limit=n_used)
+    truncated = n_real_available != n_fake_available
+    return fid_kid_from_features(
+        real_features,
+        fake_features,
+        extractor,
+        reference=reference if reference is not None else describe_source(real_images),
+        generated=describe_source(fake_images),
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        truncated_from=(n_real_available, n_fake_available) if truncated else None,
+    )
+
+
+def fid_kid_from_features(
+    real_features: np.ndarray,
+    fake_features: np.ndarray,
+    extractor: object,
+    *,
+    reference: str,
+    generated: str,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+    truncated_from: tuple[int, int] | None = None,
+) -> FIDResult:
+    """FID/KID of two ``N×D`` feature sets of equal N (features reused, e.g. one reference set
+    scored against a pool and against the floor). ``extractor`` is only described, not run.
+
+    Raises:
+        DataError: the counts differ or are below 2.
+    """
+    from laworder.metrics.inception import describe_extractor
+
+    if len(real_features) != len(fake_features) or len(real_features) < 2:
+        raise DataError(
+            f"FID needs two feature sets of equal size >= 2, got {len(real_features)} and {len(fake_features)}"
+        )
+    n_used = len(real_features)
     fid = frechet_distance(*feature_statistics(real_features), *feature_statistics(fake_features))
     kid_mean, kid_std = kid(real_features, fake_features, kid_subsets, kid_subset_size, seed)
-    truncated = n_real_available != n_fake_available
+    weights, comparable = describe_extractor(extractor)
     return FIDResult(
         fid=fid,
         kid_mean=kid_mean,
         kid_std=kid_std,
         n_real=n_used,
         n_fake=n_used,
-        reference=reference if reference is not None else describe_source(real_images),
-        generated=describe_source(fake_images),
+        reference=reference,
+        generated=generated,
         kid_subsets=kid_subsets,
         kid_subset_size=min(kid_subset_size, n_used),
-        truncated_from=(n_real_available, n_fake_available) if truncated else None,
+        truncated_from=truncated_from,
+        weights=weights,
+        comparable=comparable,
     )
