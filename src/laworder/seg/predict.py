@@ -17,6 +17,7 @@ blended, then turned into probabilities once: sigmoid for one output channel, so
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,7 @@ from laworder.errors import ConfigError, DataError
 from laworder.seg.runtime import inference_model
 
 RESIZE_MODES = ("squash", "pad", "sliding")
+PREDICT_RECORD = "predict.json"
 PAD_MULTIPLE = 32
 FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))  # nnU-Net's 2-D mirror set
 # Colours of classes 1, 2, ... in overlays (class 1 keeps the binary overlay's orange).
@@ -136,7 +138,8 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     holding ``probabilities``: float32 ``K×H×W`` with the background as channel 0 (binary: 2×H×W).
     ``threshold`` applies to the binary foreground probability only (K classes take the argmax).
     ``labels`` (the run's class names): with K > 2 they are written to ``out_dir/labels.json``,
-    so the masks folder reads back as a declared label dataset.
+    so the masks folder reads back as a declared label dataset. ``out_dir/predict.json`` records
+    the source images and settings (``laworder gallery`` shows the predictions beside them).
 
     Under ``accelerate launch`` each process segments every N-th image into the same ``out_dir``
     (``laworder.parallel``) on its own device; every process returns the full list of masks.
@@ -183,6 +186,11 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
             write_image(out_dir / "overlays" / f"{path.stem}.png", picture)
     if is_multiclass(labels) and state.is_main_process:
         write_labels(out_dir, labels)
+    if state.is_main_process:  # where the images came from, so `laworder gallery` can show them
+        record = {"images": [str(Path(path).resolve()) for path in all_files], "image_size": image_size,
+                  "channels": channels, "resize": resize, "tta": tta, "threshold": threshold}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / PREDICT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     written = parallel.gather(written, state)
     parallel.wait(state)
     order = {path.stem: index for index, path in enumerate(all_files)}
