@@ -57,12 +57,24 @@ def test_seg_compare_tiny_runs_each_variant_over_seeds_and_reports(tmp_path):
     assert "pytest seg_compare" in report and "| ORDER[0,1] | 42,957 |" in report
     assert (run_dir / "figures" / "training_curves.png").is_file() and (run_dir / "figures" / "gate_values.png").is_file()
     assert (run_dir / "experiment.yaml").is_file()
+    page = (run_dir / "report.html").read_text()  # the same tables and figures, as one page
+    assert "<td>ORDER[0,1]</td>" in page and '<img alt=' in page and 'src="figures/training_curves.png"' in page
+    assert page.count("<table>") == report.count("\n|---") >= 1
 
     # the report is rebuilt from the JSON alone (figures too)
     shutil.rmtree(run_dir / "figures")
     (run_dir / "report.md").unlink()
     assert cli(["report", str(run_dir)]) == 0
     assert (run_dir / "report.md").read_text() == report and (run_dir / "figures" / "training_curves.png").is_file()
+    assert (run_dir / "report.html").read_text() == page
+
+
+def test_markdown_page_keeps_tables_figures_and_code_without_external_references():
+    from laworder.experiments.report import markdown_page
+
+    page = markdown_page("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![cap](figures/x.png)\n\n```yaml\nk: v\n```\n", "T")
+    assert "<table>" in page and "<td>1</td>" in page and '<img alt="cap" src="figures/x.png"' in page
+    assert "<pre><code class=\"language-yaml\">k: v" in page and "http" not in page
 
 
 def test_finished_experiment_is_refused_and_resume_reuses_the_seed_runs(tmp_path):

@@ -21,6 +21,7 @@ from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural
 from laworder.experiments.figures import plot_training_curves
 from laworder.experiments.plots import predictions_grid
+from laworder.experiments.report import REPORT_HTML, markdown_page
 from laworder.seg.config import SegTrainConfig
 from laworder.seg.evaluate import EvalResult, evaluate_records, format_markdown
 from laworder.seg.loading import load_segmenter
@@ -116,6 +117,7 @@ def run_demo(config: DemoConfig | None = None) -> Path:
     (root / "report.json").write_text(json.dumps(report, indent=2, default=str))
     path = root / "report.md"
     path.write_text(_markdown(report))
+    (root / REPORT_HTML).write_text(markdown_page(path.read_text(), "laworder demo"), encoding="utf-8")
     return path
 
 

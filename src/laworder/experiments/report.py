@@ -1,4 +1,5 @@
-"""``laworder report RUN_DIR``: rebuild an experiment's ``report.md`` and ``figures/`` from its JSON.
+"""``laworder report RUN_DIR``: rebuild an experiment's ``report.md``, ``report.html`` and
+``figures/`` from its JSON.
 
 Everything comes from ``results.json`` (and the sub-run folders it names): the tables in the
 paper's layout, the figures (training curves, dose-response curve, qualitative grids, ORDER
@@ -19,6 +20,25 @@ from laworder.experiments.base import CONFIG, RESULTS
 from laworder.experiments.kinds import EXPERIMENTS
 
 REPORT = "report.md"
+REPORT_HTML = "report.html"
+HTML_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px}th{background:#eef}
+tr:nth-child(even) td{background:#fafafa}img{max-width:100%}pre{background:#f5f5f5;padding:.8em;overflow-x:auto}
+code{background:#f5f5f5}
+"""
+
+
+def markdown_page(text: str, title: str) -> str:
+    """A markdown report as one HTML page (python-markdown: tables, fenced code); images and links
+    stay relative, so the page shows the ``figures/`` beside it with no network and no server."""
+    import html
+
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"], output_format="html")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def read_results(run_dir: str | os.PathLike) -> dict:
@@ -52,7 +72,8 @@ def _provenance(record: dict) -> list[str]:
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write ``report.md`` and ``figures/*.png`` for an experiment folder; returns the report path."""
+    """Write ``report.md``, the same as ``report.html`` (tables and figures) and ``figures/*.png``
+    for an experiment folder; returns the markdown report's path."""
     run_dir = Path(run_dir)
     record = read_results(run_dir)
     experiment = EXPERIMENTS.create(record["kind"])
@@ -69,4 +90,5 @@ def write_report(run_dir: str | os.PathLike) -> Path:
               "", f"Raw numbers: `{RESULTS}`.", ""]
     path = run_dir / REPORT
     path.write_text("\n".join(lines))
+    (run_dir / REPORT_HTML).write_text(markdown_page("\n".join(lines), lines[0].lstrip("# ")), encoding="utf-8")
     return path
