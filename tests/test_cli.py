@@ -41,7 +41,7 @@ def test_every_command_help_has_a_runnable_looking_example(command, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args([*command, "--help"])
     out = capsys.readouterr().out
-    assert "example:\n  laworder " + " ".join(command) in out, f"add an example to laworder.cli_help.EXAMPLES for {command}"
+    assert "example:\n  laworder " + " ".join(command) in out, f"add an example to laworder.cli.help_text.EXAMPLES for {command}"
 
 
 def test_top_level_help_reads_cleanly(capsys):

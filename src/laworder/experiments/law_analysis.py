@@ -157,7 +157,7 @@ def analyse_contrast(run: str | Path, data: str | Path | None = None, train_mask
     from laworder.data.dataset import PairDataset
     from laworder.data.layouts import load_dataset
     from laworder.synth.sampler import find_run
-    from laworder.synth.task import build_backbone
+    from laworder.synth.build import build_backbone
     from laworder.synth.weighting import create_objective
 
     _, config = find_run(Path(run) / "config.yaml" if (Path(run) / "config.yaml").is_file() else run)

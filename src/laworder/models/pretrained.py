@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from laworder.errors import ConfigError, MissingWeightsError
+from laworder.models.registry import MODELS
 
 ENV_DIR = "LAWORDER_PRETRAINED_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "pretrained"
@@ -148,8 +149,6 @@ def create_pretrained(model: str, pretrained: str, directory: str | os.PathLike 
             channel count, class count or architecture than the weights have.
         MissingWeightsError: the weights file of a listed entry is absent.
     """
-    from laworder.models.registry import create_model
-
     weights = find_pretrained(pretrained, model, directory)
     fixed = {"in_channels": weights.in_channels, "num_classes": weights.num_classes, **weights.model_kwargs}
     for key, value in kwargs.items():
@@ -157,7 +156,7 @@ def create_pretrained(model: str, pretrained: str, directory: str | os.PathLike 
             raise ConfigError(
                 f"pretrained weights {weights.name} were trained with {key}={fixed[key]!r}, got {key}={value!r}; "
                 f"drop {key} or train your own weights (laworder seg train)")
-    network = create_model(model, **{**fixed, **kwargs})
+    network = MODELS.create(model, **{**fixed, **kwargs})
     return load_pretrained_weights(network, weights)
 
 

@@ -12,7 +12,7 @@ _LAZY = {  # name -> submodule: importing ``laworder.synth`` (the CLI does, to b
     "BACKBONES": "backbones", "Backbone": "backbones", "create_backbone": "backbones",
     "SynthConfig": "config",
     "OBJECTIVES": "weighting", "Objective": "weighting", "ObjectiveOutput": "weighting", "create_objective": "weighting",
-    "SynthTask": "task", "train_synth": "task", "build_backbone": "task",
+    "SynthTask": "task", "train_synth": "task", "build_backbone": "build",
     "MaskConditionedSampler": "sampler", "sample_pool": "sampler", "load_backbone": "sampler",
     "check_sampling_args": "sampler",
     "load_pretrained": "pretrained", "list_generators": "pretrained", "PretrainedGenerator": "pretrained",

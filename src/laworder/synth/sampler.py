@@ -156,7 +156,7 @@ def find_run(checkpoint: str | Path) -> tuple[Path, SynthConfig]:
 
 def load_backbone(checkpoint: str | Path) -> tuple[Backbone, SynthConfig, list[Path]]:
     """Build the run's backbone and load only its sampling modules (never the objective)."""
-    from laworder.synth.task import build_backbone
+    from laworder.synth.build import build_backbone
     from laworder.training import load_weights
 
     weights, config = find_run(checkpoint)

@@ -1,18 +1,20 @@
 """``laworder synth``: pretrain-vae (``train_vae``), pretrain and train (``train_synth``), config,
 sample (``sample_pool``), vae-dice (``reconstruction_dice``), list.
 
-Thin: parses arguments, calls the API, prints. Loaded by ``laworder.cli`` through
-``add_commands`` (the run options are the shared ones of ``laworder seg train``).
+Thin: parses arguments, calls the API, prints (the run options are the shared ones of
+``laworder seg train``, ``laworder.cli.common``). The probe figure and ``vae-dice`` come from
+``laworder.experiments``, which sits above ``synth``: only the command line joins the two.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from laworder.cli.common import build_config, common_run_options, print_config
+
 
 def _config(args: argparse.Namespace):
     """The ``SynthConfig`` that ``synth pretrain`` / ``synth train`` with these arguments would run."""
-    from laworder.cli import _build_config
     from laworder.synth.config import SynthConfig
 
     backbone_kwargs = {k: v for k, v in (("pretrained_path", args.pretrained), ("controlnet_path", getattr(args, "controlnet", None)),
@@ -24,12 +26,10 @@ def _config(args: argparse.Namespace):
         extra.update(stage="base", objective="uniform")
     if backbone_kwargs:
         extra["backbone_kwargs"] = backbone_kwargs
-    return _build_config(SynthConfig, args, extra)
+    return build_config(SynthConfig, args, extra)
 
 
 def _print_config(args: argparse.Namespace) -> int:
-    from laworder.cli import print_config
-
     return print_config(_config(args))
 
 
@@ -49,11 +49,10 @@ def _train(args: argparse.Namespace) -> int:
 def _pretrain_vae(args: argparse.Namespace) -> int:
     import json
 
-    from laworder.cli import _build_config
     from laworder.synth.vae import VaeConfig, train_vae
 
     extra = {"data": args.data, "resolution": args.resolution, "latent_channels": args.latent_channels}
-    run_dir = train_vae(_build_config(VaeConfig, args, extra))
+    run_dir = train_vae(build_config(VaeConfig, args, extra))
     report = json.loads((run_dir / "eval.json").read_text())
     print(f"run folder: {run_dir}  (diffusers VAE in model/vae, scaling_factor {report['scaling_factor']:.4f}); "
           f"held-out reconstruction PSNR {report['held_out_psnr']:.2f} dB over {report['held_out_images']} images")
@@ -106,13 +105,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from laworder.cli import _common_run_options
-
     synth = sub.add_parser("synth", help="mask-conditioned diffusion: train (LAW and baselines), sample pools")
     actions = synth.add_subparsers(dest="action", required=True)
 
     p = actions.add_parser("pretrain-vae", help="train a small AutoencoderKL (4x downsampling) on the training images")
-    _common_run_options(p)
+    common_run_options(p)
     p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
     p.add_argument("--resolution", type=int, help="image size (default 128 -> 32x32 latents)")
     p.add_argument("--latent-channels", type=int, help="latent channels (default 4)")
@@ -124,7 +121,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("config", "print the full synth train config as YAML (defaults <- --config <- flags and --set)"),
     ):
         p = actions.add_parser(name, help=helptext)
-        _common_run_options(p)
+        common_run_options(p)
         p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
         if name != "pretrain":
             p.add_argument("--objective", "--method", dest="objective",

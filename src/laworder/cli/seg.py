@@ -1,157 +1,19 @@
-"""laworder command line: thin wrappers that parse arguments, call the API and print.
-
-Every training command takes --config (a YAML file or a packaged name such as polyps_paper)
-plus --set key.sub=value overrides and first-class flags for the common ones (--epochs, --lr,
---mixed-precision, --resume ...); the resolved config is saved in the run.
-
-Errors: ``main`` is the one place that turns a failure into one stderr line
-``laworder: error: ...`` and exit code 2 (bad arguments, ``laworder.errors.*``, OS errors such as
-a full disk); the traceback only with ``--debug`` (anywhere on the line) or ``LAWORDER_DEBUG=1``.
-"""
+"""``laworder seg``: train, protocol, config, evaluate, predict, export, profile, list (thin layer
+over ``laworder.seg`` and ``laworder.models``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import sys
-import traceback
 from pathlib import Path
-from typing import Any, Callable
 
-from laworder.errors import LaworderError, UsageError
-
-COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+from laworder.cli.common import build_config, common_run_options, print_config
 
 
-def _config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file, or a packaged config by name (e.g. polyps_paper; "
-                                         "default: the dataclass defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set loop.lr=3e-4 (repeatable)")
-
-
-def _common_run_options(parser: argparse.ArgumentParser) -> None:
-    from laworder.training.config import REPORT_TO
-
-    _config_options(parser)
-    parser.add_argument("--output", "-o", help="run folder (loop.output_dir)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="peak learning rate (loop.lr)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast precision (accelerate)")
-    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes (loop.num_workers)")
-    parser.add_argument("--keep-checkpoints", type=int, metavar="N", help="keep the newest N resumable checkpoints")
-    parser.add_argument("--report-to", choices=REPORT_TO,
-                        help="experiment tracker writing to <run>/logs (default tensorboard; metrics.jsonl always)")
-    parser.add_argument("--cpu", action="store_true", default=None, help="force CPU")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="PATH|latest",
-                        help="continue the run in --output from its latest checkpoint, or from PATH "
-                             "(one of its checkpoints/step_* folders)")
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace the run in --output")
-
-
-def _loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    loop = {"output_dir": args.output, "epochs": args.epochs, "max_steps": args.max_steps,
-            "batch_size": args.batch_size, "seed": args.seed, "cpu": args.cpu, "lr": args.lr,
-            "mixed_precision": args.mixed_precision, "num_workers": args.num_workers,
-            "keep_checkpoints": args.keep_checkpoints, "report_to": args.report_to,
-            "gradient_checkpointing": getattr(args, "gradient_checkpointing", None),
-            "overwrite": args.overwrite}
-    if args.resume is not None:
-        loop["resume"] = True
-        loop["resume_from"] = None if args.resume == "latest" else args.resume
-    if args.no_progress:
-        loop["progress"] = False
-    return {k: v for k, v in loop.items() if v is not None}
-
-
-def _build_config(cls, args: argparse.Namespace, extra: dict[str, Any]):
-    from laworder.config import deep_merge, load_config, parse_overrides
-
-    # Flags not given add nothing: an empty ``loop`` mapping would *replace* the YAML's loop section
-    # (deep_merge's "{} clears" rule is for an explicit ``--set section={}``, not for absent flags).
-    flags = {k: v for k, v in extra.items() if v is not None}
-    loop = _loop_overrides(args)
-    if loop:
-        flags = deep_merge(flags, {"loop": loop})
-    # Precedence: dataclass defaults <- YAML <- --set <- explicit flags (the most specific wins).
-    overrides = deep_merge(parse_overrides(args.overrides, cls), flags)
-    return load_config(cls, args.config, overrides)
-
-
-# --- data -------------------------------------------------------------------------------
-def _data_check(args: argparse.Namespace) -> int:
-    from laworder.data.check import check_dataset
-    from laworder.errors import DataError
-
-    if not str(args.path).startswith("procedural") and not Path(args.path).exists():
-        raise DataError(f"{args.path}: no such dataset folder (or give a procedural[:N[:SIZE[:SEED]]] spec)")
-    report = check_dataset(args.path, args.layout)
-    print(report.format())
-    return 0 if report.ok else 1
-
-
-def _data_procedural(args: argparse.Namespace) -> int:
-    from laworder.data.procedural import generate_procedural
-
-    out = generate_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
-                              num_classes=args.classes)
-    kind = f"{args.classes}-class label maps, labels.json" if args.classes > 2 else "binary masks"
-    print(f"wrote {args.num_images} procedural pairs to {out} ({kind})")
-    return 0
-
-
-def _data_prepare_kits19(args: argparse.Namespace) -> int:
-    from laworder.data.layouts import prepare_kits19
-
-    out = prepare_kits19(args.src, args.dst, keep_kidney=args.keep_kidney)
-    what = "kidney + tumour label maps (labels.json)" if args.keep_kidney else "tumour masks"
-    print(f"wrote KiTS19 tumour slices with {what} to {out}")
-    return 0
-
-
-def _add_data(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
-    p = data.add_parser("check", help="report every problem in a dataset (names, sizes, masks)")
-    p.add_argument("path")
-    p.add_argument("--layout", default="auto")
-    p.set_defaults(func=_data_check)
-    p = data.add_parser("procedural", help="write the built-in procedural lesion dataset")
-    p.add_argument("out")
-    p.add_argument("--num-images", type=int, default=200)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=2,
-                   help="classes with the background: 2 = binary masks (default); K > 2 = label maps with K-1 lesion kinds")
-    p.set_defaults(func=_data_procedural)
-    p = data.add_parser("prepare-kits19", help="KiTS19 NIfTI cases -> pair folder of axial tumour slices")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--keep-kidney", action="store_true",
-                   help="label maps with background 0, kidney 1, tumour 2 (labels.json) instead of tumour masks")
-    p.set_defaults(func=_data_prepare_kits19)
-
-
-# --- seg --------------------------------------------------------------------------------
 def _seg_config(args: argparse.Namespace):
     from laworder.seg.config import SegTrainConfig
 
-    return _build_config(SegTrainConfig, args, {"data": args.data, "model": args.model, "image_size": args.image_size})
-
-
-def print_config(config: Any) -> int:
-    """The resolved config as YAML on stdout (what ``--config`` reads back)."""
-    import yaml
-
-    from laworder.config import to_dict
-
-    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
-    return 0
+    return build_config(SegTrainConfig, args, {"data": args.data, "model": args.model, "image_size": args.image_size})
 
 
 def _seg_print_config(args: argparse.Namespace) -> int:
@@ -317,14 +179,14 @@ def _seg_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_seg(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("seg", help="segmentation: train, protocol, evaluate, predict, profile, export").add_subparsers(dest="action", required=True)
     for name, func, helptext in (("train", _seg_train, "train one segmenter (paper Table 12 recipe by default)"),
                                  ("protocol", _seg_protocol, "5-seed protocol: train + test per seed, mean ± std"),
                                  ("config", _seg_print_config, "print the full training config as YAML "
                                                                "(defaults <- --config <- flags and --set)")):
         p = seg.add_parser(name, help=helptext)
-        _common_run_options(p)
+        common_run_options(p)
         p.add_argument("--data", help="dataset folder or procedural[:N[:SIZE[:SEED]]]")
         p.add_argument("--model", help="registered model name (laworder seg list)")
         p.add_argument("--image-size", type=int)
@@ -385,100 +247,3 @@ def _add_seg(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_seg_profile)
     p = seg.add_parser("list", help="registered segmenters and the weights shipped with the package")
     p.set_defaults(func=_seg_list)
-
-
-# --- registration -----------------------------------------------------------------------
-CORE_BUILDERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_seg]
-# Stages that live in their own packages contribute ``add_commands(subparsers)``.
-STAGE_CLI_MODULES = ("laworder.synth.cli", "laworder.experiments.cli")
-
-
-def _stage_builders() -> list[Callable[[argparse._SubParsersAction], None]]:
-    builders = []
-    for module_name in STAGE_CLI_MODULES:
-        try:
-            module = __import__(module_name, fromlist=["add_commands"])
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        builders.append(module.add_commands)
-    return builders
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse reporting bad arguments as a ``UsageError`` (one line in ``main``), not usage + exit.
-
-    Sub-command parsers inherit the class (``add_subparsers`` uses ``type(parser)``), so
-    commands added by any stage get the same behaviour."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        command = self.prog.removeprefix("laworder").strip()
-        raise UsageError(f"{command + ': ' if command else ''}{message} (see `{self.prog} --help`)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from laworder import __version__
-
-    from laworder.cli_help import DESCRIPTION, OVERVIEW, add_examples
-
-    parser = _Parser(prog="laworder", description=DESCRIPTION, epilog=OVERVIEW,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"laworder {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages (INFO level)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or LAWORDER_DEBUG=1)")
-    parser.add_argument("--max-image-pixels", type=int, metavar="N",
-                        help="refuse images with more pixels than this, unread (default 100000000; "
-                             "or LAWORDER_MAX_IMAGE_PIXELS)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for builder in CORE_BUILDERS + _stage_builders():
-        builder(sub)
-    add_examples(parser)
-    return parser
-
-
-EXIT_ERROR = 2  # bad input, refused folder, resource fault: one line on stderr
-MAX_ERROR_CHARS = 600
-
-
-def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line (a multi-line report is joined with "; " and shortened)."""
-    if isinstance(err, (LaworderError, argparse.ArgumentError)):
-        text = str(err)
-    elif isinstance(err, OSError):
-        where = f": {err.filename}" if err.filename else ""
-        text = f"{err.strerror or err}{where}"
-    else:
-        text = f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    text = "; ".join(lines) or type(err).__name__
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit code (0 ok, 2 error; ``data check`` 1 for a failed check)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # ``--debug`` is accepted anywhere (``laworder seg train ... --debug``), before argparse sees it
-    debug = "--debug" in argv or os.environ.get("LAWORDER_DEBUG", "").lower() not in ("", "0", "false", "no")
-    argv = [word for word in argv if word != "--debug"]
-    try:
-        args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
-        if args.max_image_pixels is not None:
-            from laworder.data.io import set_max_image_pixels
-
-            set_max_image_pixels(args.max_image_pixels)
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("laworder: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001  (the one place errors become one line)
-        if debug:
-            traceback.print_exc()
-        print(f"laworder: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_ERROR if isinstance(err, (LaworderError, OSError)) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Help text for ``laworder``: the top-level overview and one worked example per command.
 
-Kept apart from the parsers so commands added anywhere (``laworder.*.cli``) get their example
-here in one place; ``add_examples`` puts each into its parser's epilog (``laworder seg train -h``).
+Kept apart from the parsers so every command group (``laworder.cli.*``) gets its example here in
+one place; ``add_examples`` puts each into its parser's epilog (``laworder seg train -h``).
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
-"""Sub-commands of the experiments stage: ``laworder demo``, ``laworder exp`` (run, list,
-mask-recovery), ``laworder report`` and ``laworder export nnunet``."""
+"""``laworder exp``: run, list, mask-recovery, law-analysis (thin layer over
+``laworder.experiments``)."""
 
 from __future__ import annotations
 
 import argparse
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from laworder.config import deep_merge, load_config, parse_overrides
-    from laworder.experiments.demo import DemoConfig, run_demo
-
-    overrides = parse_overrides(args.overrides, DemoConfig)
-    if args.output:
-        overrides = deep_merge(overrides, {"output_dir": args.output})
-    if args.no_synth:
-        overrides["synth"] = False
-    if args.no_progress:
-        overrides["progress"] = False
-    report = run_demo(load_config(DemoConfig, args.config, overrides))
-    print(f"report: {report}")
-    return 0
 
 
 def _exp_command(args: argparse.Namespace) -> str:
@@ -127,26 +111,7 @@ def _check_mask_recovery_outputs(args: argparse.Namespace) -> None:
         check_output_dir(args.filter_out, args.overwrite, what="--filter-out")
 
 
-def _report(args: argparse.Namespace) -> int:
-    from laworder.experiments.report import write_report
-
-    print(f"report: {write_report(args.run_dir)}")
-    return 0
-
-
-def _export_nnunet(args: argparse.Namespace) -> int:
-    from laworder.interop.nnunet import export_nnunet_dataset
-
-    folder = export_nnunet_dataset(args.real, args.out, args.id, args.name, extra=args.extra, extra_limit=args.extra_limit,
-                                   layout=args.layout, channels=args.channels, image_size=args.image_size,
-                                   include_test=not args.no_test, overwrite=args.overwrite,
-                                   skip_unreadable=args.skip_unreadable)
-    print(f"wrote {folder} (passes nnU-Net v2's dataset checks); validation-real-only folds in "
-          f"{folder / 'laworder_splits_final.json'}")
-    return 0
-
-
-def _add_exp(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("exp", help="paper-table experiments (configs by name, e.g. table4_augmentation_tiny, or YAML files)").add_subparsers(dest="action", required=True)
     p = exp.add_parser("run", help="run the experiment a config describes and write its report")
     p.add_argument("config", help="experiment YAML or packaged name, e.g. table4_augmentation_tiny (kind: seg_compare | runtime | mask_recovery | augmentation | ...)")
@@ -181,35 +146,3 @@ def _add_exp(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrast-only", action="store_true",
                    help="only the logged weight contrast vs the references (needs config.yaml + metrics.jsonl, no weights)")
     p.set_defaults(func=_exp_law_analysis)
-
-    p = sub.add_parser("report", help="rebuild an experiment folder's report.md and figures from its results.json")
-    p.add_argument("run_dir")
-    p.set_defaults(func=_report)
-
-    export = sub.add_parser("export", help="write datasets for other tools").add_subparsers(dest="action", required=True)
-    p = export.add_parser("nnunet", help="real (+ synthetic) pairs as an nnU-Net v2 raw dataset")
-    p.add_argument("real", help="real dataset folder (any layout) or procedural spec")
-    p.add_argument("out", help="nnUNet_raw folder; DatasetXXX_NAME/ is created inside")
-    p.add_argument("--id", type=int, required=True, help="nnU-Net dataset id (1..999; custom ones from 500)")
-    p.add_argument("--name", required=True, help="dataset name, e.g. Polyps")
-    p.add_argument("--extra", nargs="+", default=[], metavar="POOL", help="synthetic pool folders (cases syn_<stem>)")
-    p.add_argument("--extra-limit", type=int, help="use only the first N synthetic pairs")
-    p.add_argument("--layout", default="auto")
-    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="3 = RGB PNG (R, G, B), 1 = grayscale")
-    p.add_argument("--image-size", type=int, help="resize every case to this square size (default: keep sizes)")
-    p.add_argument("--no-test", action="store_true", help="do not write the test subsets to imagesTs/labelsTs")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--skip-unreadable", action="store_true",
-                   help="export the readable pairs, list the others in the dataset folder's skipped.json")
-    p.set_defaults(func=_export_nnunet)
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    _add_exp(sub)
-    p = sub.add_parser("demo", help="the whole loop on built-in procedural data, on CPU, with a report")
-    p.add_argument("--config", help="YAML overriding DemoConfig")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--output", "-o", help="output folder (default demo_runs)")
-    p.add_argument("--no-synth", action="store_true", help="segmentation only")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_demo)
