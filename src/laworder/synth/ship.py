@@ -284,7 +284,7 @@ def _training(run_dir: Path, config) -> dict[str, Any]:
 
 
 def _data_terms(dataset: str) -> str:
-    from laworder.seg.ship import DATA_TERMS  # the data's terms bind generators as they bind segmenters
+    from laworder.data.terms import DATA_TERMS  # the data's terms bind generators as they bind segmenters
 
     return DATA_TERMS.get(dataset, "See the dataset's own terms of use.")
 
