@@ -201,3 +201,42 @@ def test_ship_script_finds_moved_runs_and_ships_them(runs, tmp_path, monkeypatch
     assert meta["metrics"] == {"recovery_dice_mg1": 0.61} and "generator session" in meta["notes"]
     assert meta["fp16_check"]["masks"] == 2
     assert load_pretrained("tiny/law", dest).generate(np.ones((1, 16, 16)), seed=0).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.slow
+def test_wheel_ships_generators_and_they_load_outside_the_repo(tmp_path):
+    """Build the wheel from a copy of the project with a random generator added to the package's
+    weights, install it into a bare folder and generate from outside the repository with no
+    LAWORDER_PRETRAINED_DIR (about 5 s of CPU; the build's wall time depends on the machine's load)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from test_demo import random_generator  # tests/ is on sys.path (rootdir conftest)
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    shutil.copytree(repo / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, project / name)
+    random_generator(project / "src" / "laworder" / "pretrained", "tiny/law")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(project), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, timeout=300, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("laworder-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "laworder/pretrained/synth/tiny-law/meta.json" in names
+    assert sum(n.startswith("laworder/pretrained/synth/_modules/") for n in names) == 4
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, timeout=300, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("LAWORDER_PRETRAINED_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    code = ("import laworder, numpy as np; from laworder.synth import load_pretrained, list_generators; "
+            "assert laworder.__file__.startswith(%r), laworder.__file__; "
+            "print([g.name for g in list_generators()]); g = load_pretrained('tiny/law'); "
+            "m = np.zeros((2, 16, 16)); m[:, 4:9, 3:12] = 1; a = g.generate(m, seed=3); "
+            "print(tuple(a.shape), bool((a == g.generate(m, seed=3)).all()))") % str(tmp_path / "site")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=300,
+                         capture_output=True, text=True).stdout
+    assert "['tiny/law']" in out and "(2, 3, 16, 16) True" in out
