@@ -74,10 +74,10 @@ def evaluate_records(model: nn.Module, subsets: dict[str, list[PairRecord]], ima
         dataset = PairDataset(records, image_size, channels, num_classes=len(labels) if multiclass else 2)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         rows = []
-        if progress:
-            from tqdm.auto import tqdm
+        if progress:  # a bar on a terminal, a few plain lines in a log
+            from laworder.progress import progress as progress_bar
 
-            loader = tqdm(loader, desc=f"evaluate {subset}", unit="batch", dynamic_ncols=True)
+            loader = progress_bar(loader, desc=f"evaluate {subset}", unit="batch")
         for batch in loader:
             if multiclass:
                 pred = predict_labels(model(batch["image"].to(device)))

@@ -152,10 +152,10 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
     examples = [torch.rand(2, channels, h, w, generator=generator) for h, w in sizes]
     steps = ["export"] + [f"check {h}x{w}" for h, w in sizes]
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    if progress:  # a bar on a terminal, plain lines in a log
+        from laworder.progress import progress as progress_bar
 
-        bar = tqdm(total=len(steps), desc="export", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=len(steps), desc="export", unit="step", lines=len(steps))
     tmp = path.with_suffix(".tmp.onnx")
     axes = {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(model, (examples[0],), str(tmp), input_names=["image"], output_names=["logits"],

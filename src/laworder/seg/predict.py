@@ -157,10 +157,10 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     else:  # an onnxruntime session (OnnxSegmenter) takes and returns CPU tensors
         device = torch.device("cpu")
     files = parallel.my_share(all_files, state)
-    if progress and state.is_main_process:
-        from tqdm.auto import tqdm
+    if progress and state.is_main_process:  # a bar on a terminal, a few plain lines in a log
+        from laworder.progress import progress as progress_bar
 
-        files = tqdm(files, desc="predict", unit="image", dynamic_ncols=True)
+        files = progress_bar(files, desc="predict", unit="image")
     written = []
     for path in files:
         image = read_image(path, channels)

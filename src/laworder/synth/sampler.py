@@ -424,10 +424,10 @@ def _sample_batches(sampler: MaskConditionedSampler, batches: list[list[MaskItem
     from laworder.data.io import write_image, write_mask
 
     size = sampler.backbone.resolution
-    if progress:
-        from tqdm.auto import tqdm
+    if progress:  # a bar on a terminal, a few plain lines in a log
+        from laworder.progress import progress as progress_bar
 
-        batches = tqdm(batches, desc="sample", unit="batch")
+        batches = progress_bar(batches, desc="sample", unit="batch")
     for batch in batches:
         if all((out_dir / sub / f"{item.stem}.png").is_file() for item in batch for sub in ("images", "masks")):
             continue  # written before an interruption

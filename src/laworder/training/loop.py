@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from laworder.config import save_config, to_dict
 from laworder.errors import ConfigError, NonFiniteLossError, RunDirError
+from laworder.progress import fmt, interactive, say
 from laworder.runlock import run_lock
 from laworder.training import checkpoint as ckpt
 from laworder.training.config import LoopConfig
@@ -245,7 +246,9 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
 
     loader_kwargs = dict(num_workers=config.num_workers, persistent_workers=False)
     progress = None
-    if config.progress and accelerator.is_main_process:
+    # a bar on a terminal; in a log (stderr not a terminal) one line per epoch instead (below)
+    epoch_lines = config.progress and accelerator.is_main_process and not interactive()
+    if config.progress and accelerator.is_main_process and interactive():
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {run_dir.name}", dynamic_ncols=True)
@@ -331,6 +334,10 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
         if epoch_done:
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+        if epoch_lines and (epoch_done or state["global_step"] >= total_steps):
+            scores = ", ".join(f"{k} {fmt(v)}" for k, v in last_logs.items() if k in ("loss", "grad_norm"))
+            say(f"train {run_dir.name}: epoch {state['epoch']}/{total_epochs}, step {state['global_step']}/{total_steps}"
+                + (f", {scores}" if scores else "") + f" ({elapsed():.0f} s)")
         if val_dataset is not None and (epoch_done and state["epoch"] % max(1, config.val_every) == 0 or state["global_step"] >= total_steps):
             _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema, tracking)
         if not config.checkpoint_every or state["global_step"] >= total_steps:
@@ -386,15 +393,24 @@ def _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_pa
     _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **metrics})
     if tracking is not None:
         tracking.scalars(metrics, state["global_step"])
+    improved = False
     if config.monitor:
         if config.monitor not in metrics:
             raise KeyError(f"monitor {config.monitor!r} not among validation metrics {sorted(metrics)}")
         value = float(metrics[config.monitor])
-        if _improved(value, state["best_metric"], config.monitor_mode):
+        improved = _improved(value, state["best_metric"], config.monitor_mode)
+        if improved:
             state["best_metric"], state["best_step"] = value, state["global_step"]
             if accelerator.is_main_process:
                 ckpt.write_weights_folder(run_dir / "model" / "best", _export_weights(task, ema), {
                     "step": state["global_step"], "epoch": state["epoch"], config.monitor: value})
+    if accelerator.is_main_process:  # even with --no-progress a run says what it decided
+        shown = ", ".join(f"{k} {fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        best = ""
+        if config.monitor:
+            best = ("; new best" if improved else "" if state["best_metric"] is None else
+                    f"; best {fmt(float(state['best_metric']))} at step {state['best_step']}")
+        say(f"validate {run_dir.name} at step {state['global_step']} (epoch {state['epoch']}): {shown}{best}")
 
 
 def _drop_later_checkpoints(root: Path, resumed: Path) -> None:
