@@ -27,7 +27,7 @@ PACKAGE = Path(laworder.__file__).parent
 # package's own __init__).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"registry", "runlock", "config", "parallel", "laworder"},  # shared basics
+    {"registry", "runlock", "config", "parallel", "progress", "laworder"},  # shared basics
     {"data"},
     {"models", "metrics", "interop"},
     {"training"},
