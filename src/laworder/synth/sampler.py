@@ -3,6 +3,8 @@
 A pool is a pair folder (``images/`` + ``masks/``, matched by stem) plus ``manifest.json``,
 so ``laworder seg train`` reads it directly (``pairs`` layout). One image per mask, each
 seeded by its mask: ``seed = base_seed + crc32(stem)``, so a pool does not depend on batching.
+With ``mask_augment=N`` each source mask gives N jittered copies instead
+(``laworder.synth.mask_augment``), each recorded in the manifest with its source and transform.
 LAW's φ is a training-only module: sampling builds the backbone alone and loads only the
 modules the backbone samples with.
 """
@@ -10,6 +12,7 @@ modules the backbone samples with.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -187,8 +190,36 @@ def files_sha256(files: Iterable[Path]) -> str:
 # --- masks in, pool out ---------------------------------------------------------------------
 @dataclass
 class MaskItem:
+    """One conditioning mask: its pool ``stem`` and file; a jittered copy also has the
+    ``transform`` applied at the sampling resolution and its ``source`` mask's stem."""
+
     stem: str
     path: Path
+    transform: Any = None  # laworder.synth.mask_augment.MaskTransform
+    source: str = ""
+
+
+def augment_items(items: list[MaskItem], copies: int, seed: int, size: int, jitter: Any = None) -> list[MaskItem]:
+    """``copies`` jittered copies of each mask (``<stem>_aug<k>``, k = 0..copies−1, source order),
+    each transform drawn for the mask at ``size`` from ``(seed, crc32(stem), k)``.
+
+    Raises:
+        ConfigError: ``copies`` < 1, or a copy's stem equals another mask's.
+    """
+    from laworder.synth.mask_augment import MaskJitter, augmented_stem, check_copies, draw_transform, transform_seed
+
+    copies = check_copies(copies)
+    jitter = jitter if jitter is not None else MaskJitter()
+    out = []
+    for item in items:
+        mask = load_mask_tensor(item.path, size)[0].numpy()
+        for copy in range(copies):
+            transform = draw_transform(mask, transform_seed(seed, item.stem, copy), jitter)
+            out.append(MaskItem(augmented_stem(item.stem, copy), item.path, transform, item.stem))
+    clash = sorted({i.stem for i in items} & {i.stem for i in out})
+    if clash:
+        raise ConfigError(f"mask_augment: copies would reuse the stems of source masks {clash[:5]}; rename those masks")
+    return out
 
 
 def collect_masks(source: Any, split: str = "train", layout: str = "auto") -> list[MaskItem]:
@@ -225,6 +256,14 @@ def collect_masks(source: Any, split: str = "train", layout: str = "auto") -> li
     return [MaskItem(f"{r.subset}_{r.stem}" if counts[r.stem] > 1 and r.subset else r.stem, Path(r.mask)) for r in records]
 
 
+def _conditioning_mask(item: MaskItem, size: int) -> torch.Tensor:
+    """``1×size×size`` float {0, 1}: the mask file, jittered when the item carries a transform."""
+    mask = load_mask_tensor(item.path, size)
+    if item.transform is None:
+        return mask
+    return torch.from_numpy(item.transform.apply(mask[0].numpy()))[None]
+
+
 def load_mask_tensor(path: Path, size: int) -> torch.Tensor:
     """One mask file -> ``1×size×size`` float {0, 1}, resized nearest."""
     from laworder.data.io import read_mask
@@ -255,6 +294,8 @@ def sample_pool(
     resume: bool = False,
     skip_unreadable: bool = False,
     pretrained: str | None = None,
+    mask_augment: int | None = None,
+    mask_jitter: Any = None,
 ) -> Path:
     """Generate one image per mask and write a pair folder + ``manifest.json``; returns ``out_dir``.
 
@@ -283,6 +324,9 @@ def sample_pool(
         skip_unreadable: leave out unreadable masks (listed in ``skipped.json``) instead of stopping.
         pretrained: a generator shipped in the package (``polyps/law``, ``laworder.synth.pretrained``)
             instead of ``checkpoint``.
+        mask_augment: N >= 1 jittered copies of each mask instead of the masks themselves (N×M
+            pairs from M masks; ``laworder.synth.mask_augment``); ``None`` samples the masks as they are.
+        mask_jitter: the jitter ranges (``MaskJitter``; default ranges when ``None``).
 
     Raises:
         ConfigError, MissingWeightsError, DataError, RunDirError (``out_dir`` not empty without
@@ -297,6 +341,11 @@ def sample_pool(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every mask), got {limit}")
     check_sampling_args(steps, guidance_scale, eta, mask_guidance=mask_guidance)
+    if mask_augment is not None:
+        from laworder.synth.mask_augment import MaskJitter, check_copies
+
+        check_copies(mask_augment)
+        mask_jitter = mask_jitter if mask_jitter is not None else MaskJitter()
     items = collect_masks(masks, split=split, layout=layout)[:limit]
     _, skipped = readable_inputs([item.path for item in items], read_mask, skip_unreadable, what="masks")
     items = [item for item in items if str(item.path) not in skipped]  # every mask read before anything is written
@@ -318,6 +367,8 @@ def sample_pool(
         backbone, config, weight_files = load_backbone(checkpoint)
         origin = {"method": config.objective, "objective_kwargs": config.objective_kwargs, "backbone": config.backbone,
                   "checkpoint": str(Path(checkpoint).resolve())}
+    if mask_augment is not None:
+        items = augment_items(items, mask_augment, seed, backbone.resolution, mask_jitter)
     try:
         torch.device(device) if device is not None else None
     except RuntimeError as exc:
@@ -325,6 +376,8 @@ def sample_pool(
     settings = {"checkpoint_sha256": files_sha256(weight_files), "seed": seed, "steps": steps,
                 "guidance_scale": guidance_scale, "mask_guidance": mask_guidance, "eta": eta, "batch_size": batch_size, "batched_cfg": batched_cfg,
                 "resolution": backbone.resolution, "stems": [item.stem for item in items]}
+    if mask_augment is not None:  # only then: pools sampled without it keep their recorded settings
+        settings["mask_augment"] = {"copies": mask_augment, "jitter": dataclasses.asdict(mask_jitter)}
     state = parallel.process_state()
     continuing = _check_pool_folder(out_dir, settings, overwrite, resume)
     parallel.wait(state)  # every process has checked the folder before the main one locks and clears it
@@ -352,6 +405,9 @@ def sample_pool(
             parallel.wait(state)  # returns once the main process has written the manifest
             return out_dir
         entries = [{"stem": item.stem, "seed": mask_seed(seed, item.stem), "source_mask": str(item.path)} for item in items]
+        if mask_augment is not None:
+            for entry, item in zip(entries, items):
+                entry.update(source_stem=item.source, transform=item.transform.to_dict())
         manifest = {
             **origin,
             "checkpoint_sha256": settings["checkpoint_sha256"],
@@ -372,6 +428,16 @@ def sample_pool(
             "skipped": sorted(skipped),
             "items": entries,
         }
+        if mask_augment is not None:
+            manifest["mask_augment"] = {
+                **settings["mask_augment"],
+                "stem_rule": "<source stem>_aug<copy>, copy = 0..copies-1",
+                "seed_rule": "numpy default_rng([seed mod 2^32, crc32(source stem), copy]); image seed as above",
+                "transform_rule": "p = R(rotation)·scale·F(q - c) + c + shift at the sampling resolution "
+                                  "(F: left-right flip, c: centre, shift (dy, dx) px), nearest neighbour; "
+                                  "attempt k has the amplitudes halved k times, attempt = tries is the flip alone",
+                "sources": len({item.source for item in items}),
+            }
         _write_json(out_dir / MANIFEST, manifest)
     parallel.wait(state)
     return out_dir
@@ -431,7 +497,7 @@ def _sample_batches(sampler: MaskConditionedSampler, batches: list[list[MaskItem
     for batch in batches:
         if all((out_dir / sub / f"{item.stem}.png").is_file() for item in batch for sub in ("images", "masks")):
             continue  # written before an interruption
-        mask_batch = torch.stack([load_mask_tensor(item.path, size) for item in batch]).to(device)
+        mask_batch = torch.stack([_conditioning_mask(item, size) for item in batch]).to(device)
         images = sampler.sample(mask_batch, [mask_seed(seed, item.stem) for item in batch])
         pixels = ((images.float().cpu() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         for item, pixel, mask in zip(batch, pixels, mask_batch.cpu()):
