@@ -52,7 +52,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("seg-lr-not-number", SEG_TRAIN + ["--set", "loop.lr=abc"], {}),
     ("seg-lr-negative", SEG_TRAIN + ["--set", "loop.lr=-1"], {}),
     ("seg-epochs-not-int", SEG_TRAIN[:-2] + ["--epochs", "x"], {}),
-    ("seg-epochs-zero", SEG_TRAIN + ["--set", "loop.epochs=0"], {}),
+    # an explicit flag beats --set (defaults <- YAML <- --set <- flags), so each is tested alone
+    ("seg-epochs-zero", [a if i != SEG_TRAIN.index("--epochs") + 1 else "0" for i, a in enumerate(SEG_TRAIN)], {}),
+    ("seg-set-epochs-zero", [a for i, a in enumerate(SEG_TRAIN) if i not in (SEG_TRAIN.index("--epochs"), SEG_TRAIN.index("--epochs") + 1)]
+     + ["--set", "loop.epochs=0"], {}),
     ("seg-batch-zero", SEG_TRAIN + ["--batch-size", "0"], {}),
     ("seg-max-steps-zero", SEG_TRAIN + ["--max-steps", "0"], {}),
     ("seg-image-size-not-divisible", SEG_TRAIN + ["--image-size", "50"], {}),
