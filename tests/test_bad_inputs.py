@@ -206,6 +206,120 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("demo-missing-config", ["demo", "--config", "{missing}.yaml", "-o", "{root}/demo"], {}),
 ]
 
+HUGE = str(2**70)
+# Issue 24 items 4-6: bounds before allocation, inputs read right, foreseeable input that ended in
+# "unexpected <Exception>" (exit 1). Same contract: exit 2, one line, nothing written.
+INPUT_CASES: list[tuple[str, list[str], dict[str, str]]] = [
+    # seeds: the range every RNG accepts (0 .. 2**32-1)
+    ("seed-negative", SEG_TRAIN + ["--seed", "-1"], {}),
+    ("seed-huge", SEG_TRAIN + ["--seed", HUGE], {}),
+    ("seed-set-float-huge", SEG_TRAIN + ["--set", "loop.seed=1e30"], {}),
+    ("seed-yaml-huge", SEG_TRAIN + ["--config", "{yaml}/seed_huge.yaml"], {}),
+    ("seed-2-to-the-32", SEG_TRAIN + ["--seed", str(2**32)], {}),
+    ("split-seed-huge", SEG_TRAIN + ["--set", f"split_seed={HUGE}"], {}),
+    ("split-seed-negative", SEG_TRAIN + ["--set", "split_seed=-4"], {}),
+    ("synth-seed-negative", SYNTH_TRAIN + ["--seed", "-5"], {}),
+    ("synth-seed-huge", SYNTH_TRAIN + ["--seed", HUGE], {}),
+    ("sample-seed-negative", SAMPLE + ["--seed", "-1"], {}),
+    ("sample-seed-huge", SAMPLE + ["--seed", HUGE], {}),
+    ("procedural-seed-negative", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--seed", "-1"], {}),
+    ("procedural-seed-huge", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--seed", HUGE], {}),
+    ("data-spec-seed-huge", SEG_TRAIN + ["--data", f"procedural:4:32:{HUGE}"], {}),
+    ("protocol-seed-negative", ["seg", "protocol", "--data", "{data}", "--model", "mk_unet", "--image-size", "32",
+                                "--seeds", "0", "-3", "-o", "{root}/prot"], {}),
+    ("protocol-seed-huge", ["seg", "protocol", "--data", "{data}", "--model", "mk_unet", "--image-size", "32",
+                            "--seeds", HUGE, "-o", "{root}/prot"], {}),
+    ("exp-seed-negative", ["exp", "run", "{yaml}/seg_compare.yaml", "--set", "seeds=[-1]"], {}),
+    ("demo-seed-huge", ["demo", "--set", f"seed={HUGE}", "-o", "{root}/demo"], {}),
+    ("demo-data-seed-negative", ["demo", "--set", "data_seed=-2", "-o", "{root}/demo"], {}),
+    # bounds before allocation: batch, image size, workers, classes, steps
+    ("batch-size-huge", SEG_TRAIN + ["--batch-size", "100000000"], {}),
+    ("image-size-huge", SEG_TRAIN + ["--image-size", "1048576"], {}),
+    ("image-size-huge-batch-1", SEG_TRAIN + ["--image-size", "262144", "--batch-size", "1"], {}),
+    ("workers-huge", SEG_TRAIN + ["--num-workers", "100000"], {}),
+    ("synth-batch-huge", SYNTH_TRAIN + ["--batch-size", "100000000"], {}),
+    ("synth-resolution-huge", SYNTH_TRAIN + ["--resolution", "1048576"], {}),
+    ("synth-workers-huge", SYNTH_TRAIN + ["--num-workers", "100000"], {}),
+    ("profile-batch-huge", ["seg", "profile", "--models", "mk_unet", "--image-size", "4096", "--batch-size", "100000",
+                            "--repeats", "1"], {}),
+    ("profile-image-size-huge", ["seg", "profile", "--models", "mk_unet", "--image-size", "1048576", "--repeats", "1"], {}),
+    ("recovery-image-size-huge", RECOVERY + ["{pool}", "--image-size", "1048576"], {}),
+    ("nnunet-image-size-huge", NNUNET + ["--image-size", "1000000"], {}),
+    ("procedural-classes-1", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--classes", "1"], {}),
+    ("procedural-classes-0", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--classes", "0"], {}),
+    ("procedural-classes-negative", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32",
+                                     "--classes", "-3"], {}),
+    ("procedural-classes-257", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32",
+                                "--classes", "257"], {}),
+    ("procedural-size-huge", ["data", "procedural", "{root}/p", "--num-images", "1", "--size", "1048576"], {}),
+    ("procedural-num-images-huge", ["data", "procedural", "{root}/p", "--num-images", HUGE, "--size", "32"], {}),
+    ("data-spec-classes-1", SEG_TRAIN + ["--data", "procedural:4:32:0:1:1"], {}),
+    ("data-spec-size-huge", SEG_TRAIN + ["--data", "procedural:4:1048576"], {}),
+    ("data-spec-count-huge", SEG_TRAIN + ["--data", f"procedural:{HUGE}:32"], {}),
+    ("labels-300-classes", SEG_TRAIN + ["--data", "{many_classes}"], {}),
+    ("labels-16-bit-above-255", SEG_TRAIN + ["--data", "{wide_labels}"], {}),
+    ("labels-not-utf8", SEG_TRAIN + ["--data", "{bad_labels}"], {}),
+    ("groups-not-a-mapping", SEG_TRAIN + ["--data", "{bad_groups}"], {}),
+    # YAML: aliases bounded, encodings, nesting, tags, size
+    ("yaml-alias-bomb-config", ["seg", "config", "--config", "{yaml}/bomb.yaml"], {}),
+    ("yaml-alias-bomb-train", SEG_TRAIN + ["--config", "{yaml}/bomb.yaml"], {}),
+    ("yaml-alias-bomb-set", ["seg", "config", "--set", "model_kwargs={bomb_value}"], {}),
+    ("yaml-alias-bomb-exp", ["exp", "run", "{yaml}/bomb_exp.yaml"], {}),
+    ("yaml-alias-bomb-run-config", ["seg", "evaluate", "{run_bomb}"], {}),
+    ("yaml-recursive-alias", ["seg", "config", "--config", "{yaml}/recursive.yaml"], {}),
+    ("yaml-nested-too-deep", ["seg", "config", "--config", "{yaml}/deep.yaml"], {}),
+    ("yaml-too-large", ["seg", "config", "--config", "{yaml}/huge.yaml"], {}),
+    ("yaml-python-tag", ["seg", "config", "--config", "{yaml}/python_tag.yaml"], {}),
+    ("yaml-latin1-seg", SEG_TRAIN + ["--config", "{yaml}/latin1.yaml"], {}),
+    ("yaml-latin1-synth", SYNTH_TRAIN + ["--config", "{yaml}/latin1.yaml"], {}),
+    ("yaml-latin1-exp", ["exp", "run", "{yaml}/latin1_exp.yaml"], {}),
+    ("yaml-latin1-demo", ["demo", "--config", "{yaml}/latin1.yaml", "-o", "{root}/demo"], {}),
+    ("yaml-config-is-folder", ["seg", "config", "--config", "{yaml}"], {}),
+    # run folders whose config.yaml was edited
+    ("run-image-size-50-evaluate", ["seg", "evaluate", "{run_size50}"], {}),
+    ("run-image-size-50-predict", ["seg", "predict", "{run_size50}", "{images}", "{root}/o"], {}),
+    ("run-image-size-50-export", ["seg", "export", "{run_size50}", "{root}/m.onnx"], {}),
+    ("run-image-size-50-recovery", ["exp", "mask-recovery", "{run_size50}", "{pool}"], {}),
+    ("run-image-size-text", ["seg", "evaluate", "{run_size_text}"], {}),
+    ("run-image-size-zero", ["seg", "predict", "{run_size_zero}", "{images}", "{root}/o"], {}),
+    ("run-image-size-huge", ["seg", "predict", "{run_size_huge}", "{images}", "{root}/o"], {}),
+    ("run-channels-2", ["seg", "evaluate", "{run_channels2}"], {}),
+    ("run-threshold-7", ["seg", "predict", "{run_threshold}", "{images}", "{root}/o"], {}),
+    ("run-unknown-model", ["seg", "evaluate", "{run_unknown_model}"], {}),
+    ("run-config-latin1", ["seg", "evaluate", "{run_latin1}"], {}),
+    ("run-config-empty", ["seg", "evaluate", "{run_empty_config}"], {}),
+    # report: malformed results.json
+    ("report-results-garbage", ["report", "{results_garbage}"], {}),
+    ("report-results-list", ["report", "{results_list}"], {}),
+    ("report-results-no-kind", ["report", "{results_no_kind}"], {}),
+    ("report-results-unknown-kind", ["report", "{results_unknown_kind}"], {}),
+    ("report-results-deep", ["report", "{results_deep}"], {}),
+    ("report-results-latin1", ["report", "{results_latin1}"], {}),
+    # symlink loops in data folders
+    ("symloop-file-train", SEG_TRAIN + ["--data", "{symloop_file}"], {}),
+    ("symloop-dir-train", SEG_TRAIN + ["--data", "{symloop_dir}"], {}),
+    ("symloop-predict", PREDICT + ["{symloop_images}", "{root}/o"], {}),
+    ("symloop-predict-as-source", PREDICT + ["{symloop_images}/b.png", "{root}/o"], {}),
+    ("symloop-sample-masks", ["synth", "sample", "{synthrun}", "{symloop_file}", "{root}/new_pool", "--steps", "1"], {}),
+    ("symloop-nnunet", ["export", "nnunet", "{symloop_file}", "{root}/new_raw", "--id", "501", "--name", "P"], {}),
+    ("symloop-synth-train", SYNTH_TRAIN + ["--data", "{symloop_file}"], {}),
+    # non-finite pixels
+    ("nan-image-train", SEG_TRAIN + ["--data", "{nan_data}"], {}),
+    ("nan-image-predict", PREDICT + ["{nan_images}", "{root}/o"], {}),
+    ("nan-image-synth-train", SYNTH_TRAIN + ["--data", "{nan_data}"], {}),
+    ("inf-mask-train", SEG_TRAIN + ["--data", "{inf_masks}"], {}),
+    ("inf-mask-sample", ["synth", "sample", "{synthrun}", "{inf_masks}", "{root}/new_pool", "--steps", "1"], {}),
+    # environment variables validated like their flags
+    ("env-max-pixels-text", PREDICT + ["{images}", "{root}/o"], {"LAWORDER_MAX_IMAGE_PIXELS": "abc"}),
+    ("env-max-pixels-zero", PREDICT + ["{images}", "{root}/o"], {"LAWORDER_MAX_IMAGE_PIXELS": "0"}),
+    ("env-max-pixels-negative", SEG_TRAIN, {"LAWORDER_MAX_IMAGE_PIXELS": "-5"}),
+    ("env-max-pixels-float", ["data", "check", "{data}"], {"LAWORDER_MAX_IMAGE_PIXELS": "1.5e6"}),
+    ("env-cache-dir-is-file", SEG_TRAIN + ["--data", "procedural:4:32"], {"LAWORDER_CACHE_DIR": "{file}"}),
+    ("env-pretrained-dir-missing", ["seg", "predict", "--pretrained", "order/polyps", "{images}", "{root}/o"],
+     {"LAWORDER_PRETRAINED_DIR": "{missing}"}),
+]
+CASES += INPUT_CASES
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
@@ -276,3 +390,182 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "laworder.cli", "seg", "train", "--set", "loop.lr=abc", "--debug"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "Traceback" in run.stderr and run.stderr.rstrip().endswith("got 'abc'")
+
+
+# --- issue 24 items 4-5 at the library level: what must be read right, not only refused ---------
+def _pairs(root: Path, count: int = 2, size: int = 32) -> Path:
+    from laworder.data.procedural import generate_procedural
+
+    return generate_procedural(root, num_images=count, size=size, seed=0)
+
+
+def _exif(orientation: int):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("turn", [3, 6, 8])
+def test_exif_orientation_applies_to_images_and_masks_alike(tmp_path, turn):
+    """A camera JPEG stored sideways with its EXIF turn, its mask drawn as the image is shown: the
+    pair is read aligned (it was "size mismatch"), and a mask carrying the same EXIF turns with it."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from laworder.data.check import check_dataset
+    from laworder.data.dataset import load_pair
+    from laworder.data.io import read_image, read_mask
+    from laworder.data.records import PairRecord
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    stored = np.zeros((24, 40, 3), np.uint8)  # H×W as stored: 40 wide, 24 high
+    stored[:8, :10] = 255  # a bright corner to follow through the turn
+    Image.fromarray(stored).save(tmp_path / "images" / "a.jpg", exif=_exif(turn), quality=100)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "images" / "a.jpg")).convert("L")) > 128
+    Image.fromarray(shown.astype(np.uint8) * 255).save(tmp_path / "masks" / "a.png")
+    mask_stored = Image.fromarray((stored[..., 0] > 128).astype(np.uint8) * 255)
+    mask_stored.save(tmp_path / "masks" / "b.png", exif=_exif(turn))  # a mask stored like its image
+    Image.fromarray(stored).save(tmp_path / "images" / "b.jpg", exif=_exif(turn), quality=100)
+    image = read_image(tmp_path / "images" / "a.jpg")
+    assert image.shape[:2] == shown.shape
+    assert np.array_equal(image[..., 0] > 128, shown)
+    assert np.array_equal(read_mask(tmp_path / "masks" / "b.png"), shown)
+    report = check_dataset(tmp_path)
+    assert report.ok, report.format()
+    assert sorted(p.kind for p in report.warnings) == ["exif_orientation"] * 3
+    for stem in ("a", "b"):
+        pixels, mask = load_pair(PairRecord(stem, tmp_path / "images" / f"{stem}.jpg", tmp_path / "masks" / f"{stem}.png"))
+        assert np.array_equal(pixels[..., 0] > 128, mask)
+
+
+def test_nan_pixel_is_reported_by_data_check_and_refused_when_read(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from laworder.cli import main
+    from laworder.data.check import check_dataset
+    from laworder.data.io import read_image
+    from laworder.errors import DataError
+
+    data = _pairs(tmp_path / "d")
+    first = sorted((data / "images").iterdir())[0]
+    pixels = np.asarray(Image.open(first).convert("L"), dtype=np.float32) / 255
+    pixels[5, 7] = np.nan
+    first.unlink()
+    Image.fromarray(pixels, mode="F").save(first.with_suffix(".tif"))
+    report = check_dataset(data)
+    assert not report.ok and [p.kind for p in report.errors] == ["non_finite"]
+    with pytest.raises(DataError, match="1 of 1024 pixels .* NaN or infinite"):
+        read_image(first.with_suffix(".tif"))
+    assert main(["data", "check", str(data)]) == 1  # a failed check, not "OK"
+
+
+def test_hidden_files_are_skipped_by_every_scanner(tmp_path):
+    """``._a.png`` (macOS), ``.DS_Store``, ``Thumbs.db``: not counted by predict, sample, metrics or the loaders."""
+    from laworder.data.io import list_image_files
+    from laworder.data.scan import scan_pair_folder
+    from laworder.metrics.image_sources import count_images
+    from laworder.seg.predict import list_images
+    from laworder.synth.sampler import collect_masks
+
+    data = _pairs(tmp_path / "d")
+    for sub in ("images", "masks"):
+        (data / sub / "._proc_00000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (data / sub / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        (data / sub / "Thumbs.db").write_bytes(b"\xd0\xcf")
+        (data / sub / ".hidden").mkdir()
+    assert [p.name for p in list_image_files(data / "images")] == ["proc_00000.png", "proc_00001.png"]
+    assert len(list_images(data)) == 2
+    assert [item.stem for item in collect_masks(data / "masks")] == ["proc_00000", "proc_00001"]
+    assert count_images(data / "images") == 2
+    scan = scan_pair_folder(data / "images", data / "masks")
+    assert scan.consistent and len(scan.pairs) == 2 and scan.ignored == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16"])
+def test_config_in_any_unicode_encoding_with_a_bom_loads(tmp_path, encoding):
+    from laworder.config import load_config
+    from laworder.seg.config import SegTrainConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes("# réglages\nimage_size: 64\nloop: {lr: 0.01}\n".encode(encoding))
+    config = load_config(SegTrainConfig, path)
+    assert config.image_size == 64 and config.loop.lr == 0.01
+
+
+def test_yaml_anchors_within_the_bound_still_work(tmp_path):
+    from laworder.config import MAX_YAML_NODES, safe_load_bounded
+    from laworder.errors import ConfigError
+
+    text = "base: &b {lr: 0.1, epochs: 2}\nloop: *b\nmore: [*b, *b]\n"
+    assert safe_load_bounded(text, "t")["more"][1] == {"lr": 0.1, "epochs": 2}
+    wide = "a: &a [" + ", ".join(["1"] * 1000) + "]\nb: [" + ", ".join(["*a"] * 90) + "]\n"  # 91 000 values
+    assert len(safe_load_bounded(wide, "t")["b"]) == 90
+    with pytest.raises(ConfigError, match=f"more than {MAX_YAML_NODES}"):
+        safe_load_bounded(wide.replace(", ".join(["*a"] * 90), ", ".join(["*a"] * 110)), "t")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"LAWORDER_MAX_IMAGE_PIXELS": "abc"}, "LAWORDER_MAX_IMAGE_PIXELS='abc' is not an integer"),
+    ({"LAWORDER_MAX_IMAGE_PIXELS": "0"}, "out of range"),
+    ({"LAWORDER_MAX_IMAGE_PIXELS": "1e8"}, "not an integer"),
+    ({"LAWORDER_CACHE_DIR": "{file}"}, "is a file, not a folder"),
+    ({"LAWORDER_PRETRAINED_DIR": "{missing}"}, "no such folder"),
+    ({"LAWORDER_PRETRAINED_DIR": "{file}"}, "is a file"),
+    ({"LAWORDER_FID_WEIGHTS": "{missing}"}, "no such file"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "0"}, "out of range"),
+    ({"RANK": "-1"}, "out of range"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is out of range for WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "7"}, "LOCAL_RANK=7"),
+])
+def test_environment_variables_are_validated_like_flags(tmp_path, env, expected):
+    from laworder.environment import check_environment
+    from laworder.errors import ConfigError
+
+    (tmp_path / "f").write_text("x")
+    filled = {k: v.replace("{file}", str(tmp_path / "f")).replace("{missing}", str(tmp_path / "nope")) for k, v in env.items()}
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("?", r"\?")):
+        check_environment(filled)
+
+
+@pytest.mark.parametrize("env", [{}, {"LAWORDER_MAX_IMAGE_PIXELS": " "}, {"LAWORDER_MAX_IMAGE_PIXELS": "500"},
+                                 {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, {"LAWORDER_CACHE_DIR": "{new}"}])
+def test_good_environment_passes(tmp_path, env):
+    from laworder.environment import check_environment
+
+    check_environment({k: v.replace("{new}", str(tmp_path / "cache")) for k, v in env.items()})
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (2**32 - 1, True), (2**32, False), (-1, False), (2**70, False),
+                                      (1.0, False), (True, False), ("3", False), (None, False)])
+def test_seed_range(seed, ok):
+    from laworder.config import check_seed
+    from laworder.errors import ConfigError
+
+    if ok:
+        check_seed("seed", seed)
+    else:
+        with pytest.raises(ConfigError, match="seed"):
+            check_seed("seed", seed)
+
+
+def test_memory_estimate_is_in_the_message():
+    from laworder.errors import ConfigError
+    from laworder.resources import check_batch
+
+    check_batch("b", 16, 256, available=10 * 1024**3)  # 16 MiB of inputs: fine
+    with pytest.raises(ConfigError, match=r"a batch of 100000000 at 32×32 .* needs at least 1.5 TiB .* 1.0 GiB is available"):
+        check_batch("loop.batch_size", 100_000_000, 32, available=1024**3)
+
+
+def test_label_declaration_above_256_classes_is_refused():
+    from laworder.data.labels import parse_labels
+    from laworder.errors import DataError
+
+    assert len(parse_labels({f"c{i}": i for i in range(256)}, "labels.json")) == 256
+    with pytest.raises(DataError, match="257 classes declared; at most 256"):
+        parse_labels({f"c{i}": i for i in range(257)}, "labels.json")

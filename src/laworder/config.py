@@ -122,18 +122,146 @@ def resolve_config_path(source: str | os.PathLike) -> Path:
     raise ConfigError(f"config file not found: {path} (nor a packaged config name; packaged: {known})")
 
 
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping from a file, or from a packaged config given by name (``resolve_config_path``)."""
-    path = resolve_config_path(path)
+# Bounds on every YAML text laworder reads (config files, run configs, ``--set`` values): aliases
+# are allowed, but a document whose aliases expand past MAX_YAML_NODES (a "billion laughs" bomb
+# under model_kwargs hung ``seg config`` for over a minute at 4 GB) or that refers to itself is
+# refused before anything is built from it.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_NODES = 100_000  # nodes after alias expansion; the largest packaged config has < 300
+MAX_YAML_DEPTH = 64  # nesting (through aliases too); packaged configs nest 4 deep
+
+
+class _YamlBound(Exception):
+    """A bound of ``safe_load_bounded`` was exceeded (turned into a ConfigError by the caller)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose composer refuses nesting deeper than ``MAX_YAML_DEPTH``
+    (PyYAML composes recursively: 20 000 brackets ended in a RecursionError)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YamlBound(f"nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int], depth: int = 0) -> int:
+    """Nodes of ``node`` with every alias expanded (a shared node counts at each use)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _YamlBound("an alias refers to the node that holds it (a recursive structure)")
+    if depth > MAX_YAML_DEPTH:
+        raise _YamlBound(f"nested more than {MAX_YAML_DEPTH} levels deep through aliases")
+    active.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [item for pair in node.value for item in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, memo, active, depth + 1)
+        if total > MAX_YAML_NODES:
+            raise _YamlBound(f"aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)")
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+def safe_load_bounded(text: str | bytes, where: str) -> Any:
+    """``yaml.safe_load`` with the bounds above: aliases may not expand past ``MAX_YAML_NODES``
+    values nor refer to themselves, nesting stops at ``MAX_YAML_DEPTH``. Every YAML laworder reads
+    goes through here.
+
+    Raises:
+        ConfigError: a bound exceeded, or not valid YAML (with line and column), naming ``where``.
+    """
+    loader = _BoundedLoader(text)
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    except _YamlBound as exc:
+        raise ConfigError(f"{where}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    finally:
+        loader.dispose()
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = MAX_YAML_BYTES) -> str:
+    """A UTF-8 text file (a UTF-8 or UTF-16 byte-order mark is honoured), size-checked before it is read.
+
+    Raises:
+        ConfigError: larger than ``max_bytes`` or not UTF-8 text (with the offending byte and offset).
+        OSError: the file cannot be read (a folder, a symlink loop, no permission).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ConfigError(f"{path}: {size} bytes is too large for a {what} (at most {max_bytes}); refused unread")
+    raw = path.read_bytes()
+    encoding = "utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not {encoding.removesuffix('-sig').upper()} text (byte "
+                          f"0x{raw[exc.start]:02x} at offset {exc.start}); save the {what} as UTF-8") from None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from a file, or from a packaged config given by name (``resolve_config_path``).
+
+    The file must be UTF-8 text of at most ``MAX_YAML_BYTES``; aliases are bounded (``safe_load_bounded``).
+    """
+    path = resolve_config_path(path)
+    data = safe_load_bounded(read_text_file(path, "config file"), str(path))
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def read_json_file(path: str | os.PathLike, what: str, expect: type | tuple[type, ...] = dict) -> Any:
+    """A JSON file laworder reads back (results, manifests, label declarations), checked enough that
+    a malformed one is one ``DataError`` naming it: not UTF-8, not JSON, nested past Python's
+    recursion limit, or not of type ``expect`` at the top.
+
+    Raises:
+        DataError: as above. OSError: the file cannot be read.
+    """
+    from laworder.errors import DataError
+
+    path = Path(path)
+    try:
+        data = json.loads(read_text_file(path, what, max_bytes=None))
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    except ValueError as exc:
+        raise DataError(f"{path}: malformed {what}, not JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path}: malformed {what}: nested too deeply to read") from None
+    if not isinstance(data, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        kinds = {"dict": "a JSON object", "list": "a JSON list"}
+        raise DataError(f"{path}: malformed {what}: expected {kinds.get(names, names)} at the top, "
+                        f"got {type(data).__name__}")
     return data
 
 
@@ -178,11 +306,7 @@ def parse_value(raw: str, key: str = "value", annotation: Any = None) -> Any:
     (``{a: 1}``, ``[1, 2]``): ``a: b`` in an untyped value stays text too."""
     if _is_text_field(annotation):
         return None if annotation is not str and raw.strip() in ("null", "~") else raw
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"--set {key}={raw}: not a valid YAML value ({problem})") from None
+    value = safe_load_bounded(raw, f"--set {key}={raw if len(raw) <= 80 else raw[:79] + '…'}")
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("{", "[")):
         return raw
     return value
@@ -230,3 +354,23 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     with open(tmp, "w") as fh:
         yaml.safe_dump(to_dict(config), fh, sort_keys=False)
     os.replace(tmp, path)
+
+
+# numpy's default_rng takes 0 .. 2**128-1 and refuses negatives; torch's manual_seed takes
+# -2**63 .. 2**64-1; laworder also mixes the seed with step and epoch counts. 0 .. 2**32-1 is the
+# range every one of them accepts with room for that arithmetic (and what most tools document).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(where: str, value: Any, optional: bool = False) -> None:
+    """``value`` is an integer seed in ``0 .. MAX_SEED`` (None passes when ``optional``).
+
+    Raises:
+        ConfigError: naming ``where``, the value and the accepted range.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        raise ConfigError(f"{where}={shown} is out of range; accepted: an integer seed 0 .. {MAX_SEED}"
+                          + (" or null" if optional else ""))

@@ -13,7 +13,6 @@ with per-item seeds the outputs are identical, byte for byte, whatever the proce
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
@@ -38,7 +37,9 @@ def process_state():
     A lone process does not create ``PartialState``: it is a process-wide singleton, and one made
     here would fix the device of every ``Accelerator(cpu=...)`` created later in the same process.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    from laworder.environment import int_variable
+
+    if (int_variable("WORLD_SIZE", 1) or 1) <= 1:
         return SingleProcess()
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env

@@ -139,7 +139,127 @@ def build_fixtures(root: Path) -> dict[str, str]:
     fx["nnunet_existing"] = str(root / "nnunet_raw")
     (root / "nnunet_raw" / "Dataset501_Polyps").mkdir(parents=True)
     (root / "nnunet_raw" / "Dataset501_Polyps" / "dataset.json").write_text("{}\n")
+    build_input_fixtures(root, fx)
     return fx
+
+
+def _copy_pairs(source: Path, target: Path, count: int = 4) -> Path:
+    """The first ``count`` pairs of a pair folder, copied to ``target``."""
+    for sub in ("images", "masks"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / sub).iterdir())[:count]:
+            (target / sub / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def _copy_run(source: Path, target: Path, config_text: str | bytes) -> str:
+    """A segmentation run folder (its best weights) whose ``config.yaml`` is ``config_text``."""
+    (target / "model" / "best").mkdir(parents=True)
+    weights = source / "model" / "best" / "model.safetensors"
+    (target / "model" / "best" / "model.safetensors").write_bytes(weights.read_bytes())
+    if isinstance(config_text, bytes):
+        (target / "config.yaml").write_bytes(config_text)
+    else:
+        (target / "config.yaml").write_text(config_text)
+    return str(target)
+
+
+def build_input_fixtures(root: Path, fx: dict[str, str]) -> None:
+    """Inputs read wrongly or hostile (issue 24 items 4-6): symlink loops, non-UTF-8 and alias-bomb
+    YAML, edited run configs, malformed results.json, non-finite float TIFFs, label values above 255."""
+    import numpy as np
+    from PIL import Image
+
+    data = Path(fx["data"])
+    # symlink loops: an image that links to itself, and an images/ folder that does
+    loop_file = _copy_pairs(data, root / "symloop_file")
+    os.symlink("loop.png", loop_file / "images" / "loop.png")
+    os.symlink("loop.png", loop_file / "masks" / "loop.png")
+    fx["symloop_file"] = str(loop_file)
+    loop_dir = root / "symloop_dir"
+    loop_dir.mkdir()
+    os.symlink("images", loop_dir / "images")
+    os.symlink("masks", loop_dir / "masks")
+    fx["symloop_dir"] = str(loop_dir)
+    predict_loop = root / "symloop_images"
+    predict_loop.mkdir()
+    (predict_loop / "a.png").write_bytes((Path(fx["images"]) / "a.png").read_bytes())
+    os.symlink("b.png", predict_loop / "b.png")
+    fx["symloop_images"] = str(predict_loop)
+    # YAML: not UTF-8, alias bombs (expanding to 9**9 items), recursion, nesting, size
+    yamls = Path(fx["yaml"])
+    (yamls / "latin1.yaml").write_bytes(b"# r\xe9glages du caf\xe9\nimage_size: 32\n")
+    (yamls / "latin1_exp.yaml").write_bytes(b"kind: seg_compare\ntitle: caf\xe9\n")
+    (yamls / "utf16.yaml").write_bytes("image_size: 32\n".encode("utf-16"))
+    laughs = ["lol0: &lol0 [lol]"] + [f"lol{i}: &lol{i} [{', '.join(f'*lol{i - 1}' for _ in range(9))}]"
+                                       for i in range(1, 10)]
+    (yamls / "bomb.yaml").write_text("model_kwargs:\n" + "".join(f"  {line}\n" for line in laughs))
+    (yamls / "bomb_exp.yaml").write_text("kind: seg_compare\nextra:\n" + "".join(f"  {line}\n" for line in laughs))
+    (yamls / "recursive.yaml").write_text("model_kwargs: &a {self: *a}\n")
+    (yamls / "deep.yaml").write_text("model_kwargs: " + "[" * 3000 + "]" * 3000 + "\n")
+    (yamls / "huge.yaml").write_text("# padding\n" * 700_000)  # 7 MB of comments
+    (yamls / "python_tag.yaml").write_text("model_kwargs: !!python/object/apply:os.system [echo hi]\n")
+    (yamls / "seed_huge.yaml").write_text("loop: {seed: 1e30}\n")
+    fx["bomb_value"] = "{" + ", ".join(laughs).replace(": ", ": ") + "}"
+    # run folders whose config.yaml was edited by hand
+    segrun = Path(fx["segrun"])
+    config = (segrun / "config.yaml").read_text()
+    edits = {"run_size50": config.replace("image_size: 32", "image_size: 50"),
+             "run_size_text": config.replace("image_size: 32", "image_size: big"),
+             "run_size_zero": config.replace("image_size: 32", "image_size: 0"),
+             "run_size_huge": config.replace("image_size: 32", "image_size: 1048576"),
+             "run_channels2": config.replace("channels: 3", "channels: 2"),
+             "run_threshold": config.replace("threshold: 0.5", "threshold: 7"),
+             "run_unknown_model": config.replace("model: mk_unet", "model: nosuch"),
+             "run_latin1": config.encode() + b"# \xe9dit\xe9\n",
+             "run_empty_config": "",
+             "run_bomb": config.replace("model_kwargs: {}", "model_kwargs:\n" + "".join(f"  {line}\n" for line in laughs))}
+    for name, text in edits.items():
+        fx[name] = _copy_run(segrun, root / name, text)
+    # experiment folders with a malformed results.json
+    for name, text in {"results_garbage": "{not json", "results_list": "[1, 2]",
+                       "results_no_kind": '{"results": {}}', "results_unknown_kind": '{"kind": "nosuch", "results": {}}',
+                       "results_deep": "[" * 100000 + "]" * 100000, "results_latin1": b'{"kind": "caf\xe9"}'}.items():
+        (root / name).mkdir()
+        target = root / name / "results.json"
+        target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+        fx[name] = str(root / name)
+    # a float TIFF with a NaN pixel (image), and one as a mask
+    nan_data = _copy_pairs(data, root / "nan_data")
+    first = sorted((nan_data / "images").iterdir())[0]
+    pixels = np.asarray(Image.open(first).convert("L"), dtype=np.float32) / 255.0
+    pixels[3, 3] = np.nan
+    first.unlink()
+    Image.fromarray(pixels, mode="F").save(nan_data / "images" / (first.stem + ".tif"))
+    fx["nan_data"] = str(nan_data)
+    nan_images = root / "nan_images"
+    nan_images.mkdir()
+    Image.fromarray(pixels, mode="F").save(nan_images / "a.tif")
+    fx["nan_images"] = str(nan_images)
+    inf_masks = _copy_pairs(data, root / "inf_masks")
+    mask_file = sorted((inf_masks / "masks").iterdir())[0]
+    levels = np.asarray(Image.open(mask_file).convert("L"), dtype=np.float32)
+    levels[0, 0] = np.inf
+    mask_file.unlink()
+    Image.fromarray(levels, mode="F").save(inf_masks / "masks" / (mask_file.stem + ".tif"))
+    fx["inf_masks"] = str(inf_masks)
+    # a multi-class dataset declaring 300 classes, and one whose 16-bit label map holds 300
+    many = _copy_pairs(data, root / "many_classes")
+    (many / "labels.json").write_text(json.dumps({"background": 0, **{f"c{i}": i for i in range(1, 300)}}))
+    fx["many_classes"] = str(many)
+    wide = _copy_pairs(data, root / "wide_labels")
+    (wide / "labels.json").write_text(json.dumps({"background": 0, "a": 1, "b": 2}))
+    label_file = sorted((wide / "masks").iterdir())[0]
+    label_map = (np.asarray(Image.open(label_file).convert("L")) > 0).astype(np.int32) * 300
+    Image.fromarray(label_map.astype(np.uint16)).save(label_file)  # 16-bit PNG
+    fx["wide_labels"] = str(wide)
+    # labels.json that is not UTF-8 / not JSON
+    bad_labels = _copy_pairs(data, root / "bad_labels")
+    (bad_labels / "labels.json").write_bytes(b'{"fond": 0, "l\xe9sion": 1, "x": 2}')
+    fx["bad_labels"] = str(bad_labels)
+    bad_groups = _copy_pairs(data, root / "bad_groups")
+    (bad_groups / "groups.json").write_text("[1, 2, 3]")
+    fx["bad_groups"] = str(bad_groups)
 
 
 def fill(word: str, fx: dict[str, str]) -> str:
@@ -159,7 +279,7 @@ def run_cases(root: Path, cases: list[dict], fx: dict[str, str]) -> list[dict]:
         before = {**snapshot(root), **{f"cwd/{k}": v for k, v in snapshot(cwd).items()}}
         out, err = io.StringIO(), io.StringIO()
         saved_env = {k: os.environ.get(k) for k in case.get("env", {})}
-        os.environ.update(case.get("env", {}))
+        os.environ.update({k: fill(v, fx) for k, v in case.get("env", {}).items()})
         logging.root.handlers.clear()  # main's basicConfig binds the current (captured) stderr
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

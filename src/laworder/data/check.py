@@ -2,10 +2,12 @@
 
 Errors (``ensure_valid`` refuses the dataset): ``missing_folder``, ``unmatched_image``,
 ``unmatched_mask``, ``duplicate_stem``, ``unreadable``, ``size_mismatch``, ``not_binary``,
-``empty_dataset``, ``layout``, ``undeclared_label`` (a multi-class mask holding a value that
+``empty_dataset``, ``layout``, ``non_finite`` (a float image or mask with NaN / inf pixels), ``undeclared_label`` (a multi-class mask holding a value that
 ``labels.json`` / ``dataset.json`` does not declare; see ``laworder.data.labels``).
 Warnings (reported, allowed): ``empty_mask`` (allowed for training), ``low_mask_values`` (a mask
-whose maximum lies in 2..127, e.g. a label map: all of it reads as background), ``ignored_file``.
+whose maximum lies in 2..127, e.g. a label map: all of it reads as background), ``ignored_file``,
+``exif_orientation`` (the file carries an EXIF rotation; it is read rotated, as a viewer shows it,
+and sizes are compared after it).
 
 Cost: every mask and every image is decoded fully (so truncated JPEG/PNG files are found), on a
 few threads (Pillow releases the GIL while decoding). ``decode_images=False`` reads only the
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laworder.data.io import mask_levels, open_image
+from laworder.data.io import NonFinitePixelsError, mask_levels, open_image, orientation, oriented_size
 from laworder.data.labels import find_labels, is_multiclass, read_label_map
 from laworder.data.layouts import label_folders, resolve_parts
 from laworder.data.scan import scan_pair_folder
@@ -35,7 +37,9 @@ from laworder.errors import DataError
 # 24 % (dark BRISC MRI slices; polyp frames >= 54 %). 15 % sits between the two.
 NOT_BINARY_FRACTION = 0.15
 BINARY_BANDS = (10, 245)
-WARNING_KINDS = frozenset({"empty_mask", "low_mask_values", "ignored_file"})
+WARNING_KINDS = frozenset({"empty_mask", "low_mask_values", "ignored_file", "exif_orientation"})
+ORIENTATION_NAMES = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored and rotated 90°",
+                     6: "rotated 90°", 7: "mirrored and rotated 270°", 8: "rotated 270°"}
 
 
 @dataclass(frozen=True)
@@ -120,14 +124,36 @@ def _check_pair(image_path: Path, mask_path: Path, decode_images: bool,
     problems: list[Problem] = []
     info: dict = {}
     try:
-        with open_image(image_path, decode=decode_images) as image:
-            info["image_size"] = image.size  # (W, H)
-    except DataError as exc:
-        problems.append(Problem("unreadable", str(image_path), str(exc).removeprefix(f"{image_path}: ")))
+        with open_image(image_path, decode=False) as image:
+            if decode_images:
+                image.load()  # truncation shows here; a PNG's EXIF block may follow its pixels
+                if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+                    bad = int(np.count_nonzero(~np.isfinite(np.asarray(image))))
+                    problems.append(Problem("non_finite", str(image_path), f"{bad} NaN/infinite pixel(s) in a float "
+                                            "image; training refuses it (replace them and save again)"))
+            turn = orientation(image)
+            info["image_size"] = oriented_size(image)  # (W, H) as read: after an EXIF rotation
+        if turn != 1:
+            problems.append(Problem("exif_orientation", str(image_path), f"EXIF orientation {turn} "
+                                    f"({ORIENTATION_NAMES[turn]}): read as shown, {info['image_size'][0]}×"
+                                    f"{info['image_size'][1]} (W×H)"))
+    except (DataError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = str(exc).removeprefix(f"{image_path}: ")
+        if not isinstance(exc, DataError):
+            message = f"unreadable or truncated image file ({exc})"
+        problems.append(Problem("unreadable", str(image_path), message))
     if labels is not None and is_multiclass(labels[0]):
         return problems + _check_label_map(mask_path, labels[0], labels[1], info), info
     try:
+        with open_image(mask_path, decode=False) as mask_image:
+            turn = orientation(mask_image)
+        if turn != 1:
+            problems.append(Problem("exif_orientation", str(mask_path), f"EXIF orientation {turn} "
+                                    f"({ORIENTATION_NAMES[turn]}): read as shown, like its image"))
         levels = mask_levels(mask_path)
+    except NonFinitePixelsError as exc:
+        problems.append(Problem("non_finite", str(mask_path), str(exc).removeprefix(f"{mask_path}: ")))
+        return problems, info
     except DataError as exc:
         problems.append(Problem("unreadable", str(mask_path), str(exc).removeprefix(f"{mask_path}: ")))
         return problems, info

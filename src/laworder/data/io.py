@@ -11,6 +11,12 @@ Mask rule (``read_mask``): the mask is reduced to 8-bit "levels" and thresholded
 * RGB / RGBA: the maximum over the colour channels, not the luma: a pure red lesion on black has
   luma 76 and would vanish. For grey JPEG-noisy masks (Kvasir-SEG) both agree.
 * 16-bit / 32-bit integer: scaled from 0..65535 when the maximum exceeds 255.
+
+Every file is read the way a viewer shows it: an EXIF orientation (a phone or camera JPEG stored
+sideways) is applied to images and masks alike, so a pair stays aligned. Float (``F``) files must
+be finite: one NaN pixel used to turn the whole min-max-stretched image black.
+Hidden files (``.DS_Store``, macOS ``._a.png``) are never inputs: every folder scan goes through
+``list_image_files`` / ``is_image_file``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from laworder.errors import DataError
 
@@ -48,21 +54,90 @@ def max_image_pixels() -> int:
     """The pixel cap in force (``set_max_image_pixels`` > ``LAWORDER_MAX_IMAGE_PIXELS`` > 100 M)."""
     if _max_image_pixels is not None:
         return _max_image_pixels
-    raw = os.environ.get("LAWORDER_MAX_IMAGE_PIXELS", "")
-    try:
-        return int(raw) if raw.strip() else DEFAULT_MAX_IMAGE_PIXELS
-    except ValueError:
-        raise DataError(f"LAWORDER_MAX_IMAGE_PIXELS={raw!r} is not an integer") from None
+    from laworder.environment import int_variable
+
+    # a ConfigError (not a DataError): a bad variable is not an unreadable image
+    value = int_variable("LAWORDER_MAX_IMAGE_PIXELS", 1)
+    return DEFAULT_MAX_IMAGE_PIXELS if value is None else value
 
 
 # PIL modes holding more than 8 bits per pixel in one channel.
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
+# Files operating systems leave beside images: never data, skipped by every scan (macOS writes a
+# ``._a.png`` AppleDouble file beside ``a.png`` on non-HFS disks; it is not an image).
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 = upright, 2..8 = mirrored and/or rotated
+
+
+class NonFinitePixelsError(DataError):
+    """A float image or mask holds NaN or infinite pixels."""
+
+
+def is_hidden(path: str | os.PathLike) -> bool:
+    """True for hidden and system files (``.DS_Store``, ``._a.png``, ``Thumbs.db``): never inputs."""
+    name = Path(path).name
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     """True for a non-hidden file name ending in one of :data:`IMAGE_EXTENSIONS` (any case)."""
-    name = Path(path).name
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    return not is_hidden(path) and Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files(folder: str | os.PathLike, ignored: list[Path] | None = None) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name: the one scan every reader uses.
+
+    Hidden and system files and sub-folders are skipped silently; other non-image files are
+    appended to ``ignored`` when given. A symlink that loops or dangles is kept (it has an image
+    name), so reading it reports it by name instead of it vanishing.
+
+    Raises:
+        DataError: ``folder`` is not a folder (or a symlink loop).
+        OSError: the folder cannot be listed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {'a symbolic link loop' if is_symlink_loop(folder) else 'no such folder'}")
+    files = []
+    for path in sorted(folder.iterdir()):
+        if is_hidden(path) or path.is_dir():
+            continue
+        if is_image_file(path):
+            files.append(path)
+        elif ignored is not None:
+            ignored.append(path)
+    return files
+
+
+def is_symlink_loop(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a symbolic link whose target chain loops (reading it gives ELOOP)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        import errno
+
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image`` (1 = upright; 5..8 swap width and height)."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001  a broken EXIF block: Pillow's own readers ignore it too
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """``(W, H)`` of ``image`` as shown, after its EXIF orientation."""
+    width, height = image.size
+    return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
@@ -75,8 +150,10 @@ def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
         DataError: the file is missing, not an image, truncated, over the pixel cap or otherwise unreadable.
     """
     path = Path(path)
+    if is_symlink_loop(path):
+        raise DataError(f"{path}: a symbolic link loop, not an image file")
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'broken symbolic link' if path.is_symlink() else 'file not found'}")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     limit = max_image_pixels()
@@ -89,6 +166,12 @@ def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
                             "(--max-image-pixels / LAWORDER_MAX_IMAGE_PIXELS); not decoded")
         if decode:
             image.load()
+            if image.mode == "F":  # every decode refuses NaN / inf (a read-check passes only what reads right)
+                _finite(np.asarray(image), path, "file")
+            if orientation(image) != 1:  # as a viewer shows it; masks get the same turn as images
+                upright = ImageOps.exif_transpose(image)
+                image.close()
+                image = upright
     except DataError:
         raise
     except Image.DecompressionBombError as exc:  # over Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS)
@@ -98,6 +181,16 @@ def open_image(path: str | os.PathLike, decode: bool = True) -> Image.Image:
         # SyntaxError, and an unknown format as UnidentifiedImageError (an OSError).
         raise DataError(f"{path}: unreadable or truncated image file ({exc})") from exc
     return image
+
+
+def _finite(values: np.ndarray, path: str | os.PathLike, what: str) -> np.ndarray:
+    """``values`` unchanged, or ``NonFinitePixelsError`` when a float array holds NaN / inf."""
+    if values.dtype.kind == "f":
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise NonFinitePixelsError(f"{path}: {bad} of {values.size} pixels of this float {what} are NaN or "
+                                       "infinite; refused (replace them, e.g. with 0, and save again)")
+    return values
 
 
 def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -114,6 +207,8 @@ def _decode(path: str | os.PathLike, convert: Callable[[Image.Image], np.ndarray
     with open_image(path) as image:
         try:
             return convert(image)
+        except DataError:
+            raise
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot convert {what} mode {image.mode!r} ({exc})") from exc
 
@@ -138,7 +233,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
 
     def convert(image: Image.Image) -> np.ndarray:
         if image.mode in _WIDE_MODES:
-            gray = _stretch_to_uint8(np.asarray(image))[..., None]
+            gray = _stretch_to_uint8(_finite(np.asarray(image), path, "image"))[..., None]
             return gray if channels == 1 else np.repeat(gray, 3, axis=2)
         pixels = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy
         return pixels[..., None] if channels == 1 else pixels
@@ -146,7 +241,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     return _decode(path, convert, "image")
 
 
-def _mask_raw(image: Image.Image) -> np.ndarray:
+def _mask_raw(image: Image.Image, path: str | os.PathLike = "mask") -> np.ndarray:
     """One 2-D channel whose large values mean lesion (see the module docstring)."""
     if image.mode in ("P", "PA"):
         index = np.asarray(image)
@@ -157,7 +252,7 @@ def _mask_raw(image: Image.Image) -> np.ndarray:
     if image.mode in ("L", "LA"):
         return np.asarray(image.getchannel(0))
     if image.mode in _WIDE_MODES:
-        return np.asarray(image)
+        return _finite(np.asarray(image), path, "mask")
     rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
@@ -171,7 +266,7 @@ def mask_levels(path: str | os.PathLike) -> np.ndarray:
     Raises:
         DataError: missing, unreadable or truncated file, or an unsupported pixel mode.
     """
-    return _normalise_levels(_decode(path, _mask_raw, "mask"))
+    return _normalise_levels(_decode(path, lambda image: _mask_raw(image, path), "mask"))
 
 
 def _normalise_levels(raw: np.ndarray) -> np.ndarray:

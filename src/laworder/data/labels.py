@@ -29,6 +29,7 @@ from laworder.errors import DataError
 
 LABEL_FILES = ("labels.json", "dataset.json")
 BINARY_LABELS = ("background", "lesion")
+MAX_CLASSES = 256  # label maps are 8-bit files and uint8 arrays: values 0..255
 
 
 def parse_labels(mapping: object, where: str) -> list[str]:
@@ -50,17 +51,20 @@ def parse_labels(mapping: object, where: str) -> list[str]:
             raise DataError(f"{where}: labels {values[value]!r} and {name!r} share the value {value}")
         values[value] = str(name)
     if sorted(values) != list(range(len(values))) or len(values) < 2:
-        raise DataError(f"{where}: label values must be 0..K-1 with 0 the background and K >= 2, got {sorted(values)}")
+        shown = sorted(values) if len(values) <= 20 else f"{sorted(values)[:20]}…"
+        raise DataError(f"{where}: label values must be 0..K-1 with 0 the background and K >= 2, got {shown}")
+    if len(values) > MAX_CLASSES:  # label maps are read and written as 8-bit: 256 and above would wrap
+        raise DataError(f"{where}: {len(values)} classes declared; at most {MAX_CLASSES} (values 0..{MAX_CLASSES - 1}: "
+                        "label maps are 8-bit)")
     return [values[v] for v in range(len(values))]
 
 
 def read_labels_file(path: str | os.PathLike) -> list[str]:
     """Class names (index = label value) from a ``labels.json`` or nnU-Net ``dataset.json``."""
+    from laworder.config import read_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable label declaration ({exc})") from exc
+    data = read_json_file(path, "label declaration")
     if path.name == "dataset.json":
         if not isinstance(data, dict) or "labels" not in data:
             raise DataError(f"{path}: an nnU-Net dataset.json needs a \"labels\" entry")

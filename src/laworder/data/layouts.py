@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -39,10 +38,10 @@ from typing import Callable
 
 from laworder.data.kits19 import find_kits19_cases, prepare_kits19
 from laworder.data.labels import find_labels
-from laworder.data.procedural import GENERATOR_VERSION, generate_procedural
+from laworder.data.procedural import GENERATOR_VERSION, check_procedural_args, generate_procedural
 from laworder.data.records import DatasetCollection, PairRecord
 from laworder.data.scan import FolderScan, scan_pair_folder
-from laworder.errors import DataError
+from laworder.errors import ConfigError, DataError
 from laworder.registry import Registry
 
 PRANET_TEST_SUBSETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "CVC-300")
@@ -143,6 +142,10 @@ class ProceduralLayout(Layout):
             raise DataError(f"procedural spec {source!r}: N and TEST must be >= 1")
         if classes < 2:
             raise DataError(f"procedural spec {source!r}: CLASSES (background included) must be >= 2")
+        try:  # before the cache folder is made
+            check_procedural_args(num_images + num_test, size, seed, classes)
+        except ConfigError as exc:
+            raise DataError(f"procedural spec {source!r}: {str(exc).removeprefix('procedural: ')}") from None
         name = f"v{GENERATOR_VERSION}_n{num_images}_s{size}_seed{seed}_t{num_test}" + (f"_c{classes}" if classes > 2 else "")
 
         def build(folder: Path) -> None:
@@ -245,10 +248,9 @@ class PairsLayout(Layout):
     def _groups(path: Path) -> dict[str, str]:
         if not path.is_file():
             return {}
-        try:
-            groups = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable groups file ({exc})") from exc
+        from laworder.config import read_json_file
+
+        groups = read_json_file(path, "groups file")
         if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
             raise DataError(f"{path}: groups.json must map each stem to a group name (string)")
         return groups

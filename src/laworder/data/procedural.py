@@ -28,6 +28,36 @@ from laworder.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 1
 AREA_RANGE = (0.008, 0.11)
+MAX_IMAGES = 1_000_000  # a bound on a typo (2**70 built a list of stems until memory ran out)
+MAX_CLASSES = 256  # label maps are 8-bit PNGs: class values 0..255
+GENERATOR_ARRAYS = 24  # float64 size×size arrays alive at once while one image is drawn (measured: < 20)
+
+
+def check_procedural_args(num_images: int, size: int, seed: int, num_classes: int = 2, start_index: int = 0,
+                          where: str = "procedural") -> None:
+    """Every argument of ``generate_procedural`` in range, before anything is allocated or written.
+
+    Raises:
+        ConfigError: naming the argument, its value and the accepted range.
+    """
+    from laworder.config import check_seed
+    from laworder.resources import check_fits
+
+    for name, value in (("num_images", num_images), ("size", size), ("num_classes", num_classes),
+                        ("start_index", start_index)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise ConfigError(f"{where}: num_images={num_images} is out of range; accepted: 1 .. {MAX_IMAGES}")
+    if size < 16:
+        raise ConfigError(f"procedural images need size >= 16, got {size}")
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ConfigError(f"{where}: classes={num_classes} is out of range; accepted: 2 (binary masks) .. "
+                          f"{MAX_CLASSES} (8-bit label maps), background included")
+    if start_index < 0:
+        raise ConfigError(f"{where}: start_index must be >= 0, got {start_index}")
+    check_seed(f"{where}: seed", seed)
+    check_fits(f"{where}: one {size}×{size} image", GENERATOR_ARRAYS * 8 * size * size, "Lower the size")
 # RGB tints of lesion kinds 1, 2, ... in multi-class datasets (kind 1 keeps the binary look).
 CLASS_TINTS = ((0.0, 0.0, 0.0), (-0.30, 0.12, 0.28), (0.05, 0.30, -0.20), (0.25, -0.20, 0.25))
 
@@ -74,12 +104,7 @@ def procedural_pair(index: int, size: int = 128, seed: int = 0, num_classes: int
     binary image's) with its own colour tint (``CLASS_TINTS``). ``num_classes=2`` is the binary
     dataset, unchanged.
     """
-    if num_classes < 2:
-        raise ValueError(f"num_classes (background included) must be >= 2, got {num_classes}")
-    if size < 16:
-        raise ConfigError(f"procedural images need size >= 16, got {size}")
-    if index < 0 or seed < 0:
-        raise ConfigError(f"index and seed must be non-negative, got index={index}, seed={seed}")
+    check_procedural_args(1, size, seed, num_classes, index)
     rng = np.random.default_rng([seed, index])
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     ny, nx = yy / size * 2 - 1, xx / size * 2 - 1
@@ -154,8 +179,7 @@ def generate_procedural(
         DataError: ``root/images`` or ``root/masks`` already holds files this call would not
             write (a folder from another run would silently enlarge the dataset).
     """
-    if num_images < 1:
-        raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    check_procedural_args(num_images, size, seed, num_classes, start_index)
     root = Path(root)
     stems = [procedural_stem(start_index + i) for i in range(num_images)]
     expected = {f"{stem}.png" for stem in stems}

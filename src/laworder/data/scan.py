@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from laworder.data.io import is_image_file
+from laworder.data.io import list_image_files
 
 
 def natural_key(text: str) -> tuple:
@@ -50,12 +50,7 @@ def _files_by_stem(folder: Path, scan: FolderScan) -> dict[str, Path]:
     if not folder.is_dir():
         scan.missing_dirs.append(folder)
         return {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        if not is_image_file(path):
-            scan.ignored.append(path)
-            continue
+    for path in list_image_files(folder, scan.ignored):
         by_stem.setdefault(path.stem, []).append(path)
     for stem, paths in by_stem.items():
         if len(paths) > 1:

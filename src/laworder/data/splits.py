@@ -78,10 +78,12 @@ def load_split(path: str | os.PathLike, records: Sequence[PairRecord]) -> tuple[
         DataError: unreadable file, duplicate stems in ``records``, or stems the records lack.
     """
     path = Path(path)
+    from laworder.config import read_json_file
+
+    payload = read_json_file(path, "split file")
     try:
-        payload = json.loads(path.read_text())
         train_stems, val_stems = list(payload["train"]), list(payload["val"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: unreadable split file ({exc})") from exc
     by_stem = {r.stem: r for r in records}
     if len(by_stem) != len(records):

@@ -80,6 +80,12 @@ def _seg_config(demo: DemoConfig, model: str, data: Path, out: Path) -> SegTrain
 def run_demo(config: DemoConfig | None = None) -> Path:
     """Run the demo; returns the path of ``report.md``."""
     config = config or DemoConfig()
+    from laworder.config import check_seed
+    from laworder.data.procedural import check_procedural_args
+
+    check_seed("seed", config.seed)  # before the output folder is made
+    check_seed("data_seed", config.data_seed)
+    check_procedural_args(config.num_train, config.image_size, config.data_seed, where="data")
     started = time.time()
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -58,13 +58,9 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict[str, Any]:
             f"(laworder.synth.sampler.sample_pool), which writes images/, masks/ and {MANIFEST}; for a pool made "
             f"elsewhere, write a {MANIFEST} that says how (at least {{\"method\": ...}})"
         )
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: the manifest must be a JSON object")
-    return manifest
+    from laworder.config import read_json_file
+
+    return read_json_file(path, "manifest")
 
 
 def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | None
@@ -80,6 +76,9 @@ def _segmenter(segmenter: Segmenter, image_size: int | None, threshold: float | 
         from laworder.seg.validate import check_image_size
 
         check_image_size(model, image_size, config.model)
+        from laworder.resources import check_batch
+
+        check_batch("image_size", 1, image_size, config.channels)
     return (model, image_size or config.image_size, config.channels,
             config.threshold if threshold is None else threshold, str(segmenter))
 

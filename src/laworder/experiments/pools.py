@@ -78,6 +78,7 @@ def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any], sample
     """Before any training: pool folders hold a manifest; recipes name known objectives and
     backbones with valid keyword arguments and sampling settings (steps, CFG and mask guidance
     ≥ 0, η: ``check_sampling_args``, on ``sample_defaults`` merged with the recipe's)."""
+    from laworder.config import check_seed
     from laworder.synth.sampler import check_sampling_args
 
     if not isinstance(pools, dict):
@@ -96,6 +97,7 @@ def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any], sample
             synth_config(deep_merge(synth_defaults, spec.synth), "procedural", Path("."))  # names checked there
         base = asdict(sample_defaults) if sample_defaults is not None else {}
         sample = from_dict(SampleSettings, deep_merge(base, spec.sample), where=f"pools.{label}.sample")
+        check_seed(f"pools.{label}.sample.seed", sample.seed)
         if spec.synth:
             check_sampling_args(sample.steps, sample.guidance_scale, sample.eta, mask_guidance=sample.mask_guidance)
 

@@ -50,10 +50,16 @@ def read_results(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise DataError(f"{run_dir} holds no {RESULTS}: not a finished `laworder exp run` folder")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path}: unreadable results ({exc})") from exc
+    from laworder.config import read_json_file
+
+    record = read_json_file(path, RESULTS)
+    kind = record.get("kind")
+    if not isinstance(kind, str) or kind not in EXPERIMENTS.names():
+        raise DataError(f"{path}: malformed {RESULTS}: \"kind\" is {kind!r}; expected one of "
+                        f"{', '.join(EXPERIMENTS.names())}")
+    if not isinstance(record.get("results"), (dict, list)):
+        raise DataError(f"{path}: malformed {RESULTS}: no \"results\" entry")
+    return record
 
 
 def _provenance(record: dict) -> list[str]:
@@ -79,14 +85,19 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     experiment = EXPERIMENTS.create(record["kind"])
     results = record["results"]
     figure_dir = run_dir / "figures"
-    lines = [f"# {record.get('title') or experiment.title}", "", *_provenance(record), "", "## Results", ""]
-    lines += experiment.tables(results)
-    figures = experiment.figures(results, run_dir, figure_dir)
+    try:  # a hand-edited or truncated results.json is one line naming it, not a KeyError
+        lines = [f"# {record.get('title') or experiment.title}", "", *_provenance(record), "", "## Results", ""]
+        lines += experiment.tables(results)
+        config_text = yaml.safe_dump(record["config"], sort_keys=False).rstrip()
+        figures = experiment.figures(results, run_dir, figure_dir)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{run_dir / RESULTS}: malformed {RESULTS}: the {record['kind']} results do not read "
+                        f"({type(exc).__name__}: {exc}); rerun the experiment (`laworder exp run ... --resume`)") from None
     if figures:
         lines += ["", "## Figures"]
         for caption, path in figures:
             lines += ["", f"![{caption}]({Path(path).relative_to(run_dir).as_posix()})", "", f"*{caption}*"]
-    lines += ["", "## Config", "", "```yaml", yaml.safe_dump(record["config"], sort_keys=False).rstrip(), "```",
+    lines += ["", "## Config", "", "```yaml", config_text, "```",
               "", f"Raw numbers: `{RESULTS}`.", ""]
     path = run_dir / REPORT
     path.write_text("\n".join(lines))

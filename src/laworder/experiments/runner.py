@@ -77,9 +77,16 @@ def check_sections(config: Any, where: str = "") -> None:
     from laworder.training.config import LoopConfig
     from laworder.training.validate import check_loop_config
 
+    from laworder.config import check_seed
+
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         key = f"{where}{field.name}"
+        if field.name == "seed" or field.name.endswith("_seed"):  # every seed in the range the RNGs take
+            check_seed(key, value, optional=True)
+        elif (field.name == "seeds" or field.name.endswith("_seeds")) and isinstance(value, (list, tuple)):
+            for index, seed in enumerate(value):
+                check_seed(f"{key}[{index}]", seed)
         if isinstance(value, LoopConfig):
             check_loop_config(value, key)
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -136,6 +136,11 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
         raise ConfigError(f"channels must be 3 (RGB) or 1 (grayscale), got {channels}")
     if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
         raise ConfigError(f"image_size must be a positive integer (or None to keep sizes), got {image_size!r}")
+    if image_size is not None:
+        from laworder.resources import check_fits
+
+        check_fits(f"image_size: one case at {image_size}×{image_size}", (channels + 1) * image_size ** 2,
+                   "Lower --image-size")
     folder = Path(out_root) / f"Dataset{dataset_id:03d}_{name}"
     if Path(out_root).exists() and not Path(out_root).is_dir():
         raise RunDirError(f"nnUNet_raw folder {out_root} is a file; choose a folder path")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from laworder.data.io import IMAGE_EXTENSIONS, is_image_file, read_image
+from laworder.data.io import IMAGE_EXTENSIONS, list_image_files, read_image
 from laworder.errors import DataError
 
 __all__ = ["ImageSource", "count_images", "describe_source", "iter_image_batches"]
@@ -36,7 +36,7 @@ ImageSource = Union[str, os.PathLike, Tensor, np.ndarray, Sequence]
 def _list_image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    files = list_image_files(folder)
     if not files:
         raise DataError(f"no images in {folder} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files

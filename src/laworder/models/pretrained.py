@@ -16,7 +16,6 @@ already given (``create_model("order", pretrained="polyps")``) the dataset alone
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +101,12 @@ def list_pretrained(directory: str | os.PathLike | None = None) -> list[Pretrain
         return []
     found = []
     for meta_path in sorted(root.glob(f"*/{META_FILE}")):
+        from laworder.config import read_json_file
+        from laworder.errors import DataError
+
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            meta = read_json_file(meta_path, "pretrained metadata")
+        except (OSError, DataError) as err:
             raise ConfigError(f"unreadable pretrained metadata {meta_path}: {err}") from err
         missing = [k for k in ("model", "dataset", "image_size") if k not in meta]
         if missing:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from laworder import parallel
-from laworder.data.io import IMAGE_EXTENSIONS, read_image, write_image, write_mask
+from laworder.data.io import IMAGE_EXTENSIONS, list_image_files, read_image, write_image, write_mask
 from laworder.data.labels import is_multiclass, write_labels
 from laworder.errors import ConfigError, DataError
 from laworder.seg.runtime import inference_model
@@ -49,7 +49,7 @@ def list_images(source: str | Path) -> list[Path]:
     folder = source / "images" if (source / "images").is_dir() else source
     if not folder.is_dir():
         raise DataError(f"no such image folder or file: {source}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_image_files(folder)  # hidden files (macOS ._a.png, .DS_Store) skipped like every scan
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {folder}")
     return files

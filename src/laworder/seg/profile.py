@@ -100,6 +100,9 @@ def peak_forward_mb(model: torch.nn.Module, batch: torch.Tensor) -> float | None
 def profile_model(name: str, image_size: int = 256, batch_size: int = 16, device: str = "cpu",
                   repeats: int = 20, warmup: int = 5, onnx: bool = False, model_kwargs: dict | None = None,
                   label: str | None = None) -> ProfileRow:
+    from laworder.resources import check_batch
+
+    check_batch("--batch-size, --image-size", batch_size, image_size, 3, 0)  # before the FLOP trace allocates
     dev = torch.device(device)
     model = create_model(name, **(model_kwargs or {})).eval().to(dev)
     shape = (1, 3, image_size, image_size)

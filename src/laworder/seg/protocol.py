@@ -55,6 +55,7 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
     Runs already finished are reused when ``loop.resume`` is set, so a killed protocol
     continues where it stopped.
     """
+    from laworder.config import check_seed
     from laworder.runlock import run_lock
     from laworder.seg.validate import check_seg_config
     from laworder.training.loop import check_run_dir
@@ -63,6 +64,8 @@ def run_protocol(config: SegTrainConfig, seeds: list[int] | tuple[int, ...] = (0
     check_seg_config(config)
     if not seeds:
         raise ConfigError("seeds is empty; give at least one seed (--seeds 0 1 2)")
+    for index, seed in enumerate(seeds):
+        check_seed(f"seeds[{index}]", seed)
     for seed in seeds:  # a folder holding another run is refused before the first seed trains
         check_run_dir(root / f"seed{seed}", config.loop.resume, config.loop.overwrite)
     test_sets = evaluation_subsets(test_data or config.data, "auto" if test_data else config.layout, subsets)

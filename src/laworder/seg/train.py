@@ -82,6 +82,12 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
     split_seed = loop.seed if config.split_seed is None else config.split_seed
     train_records, val_records = train_val_split(collection.train, config.val_fraction, split_seed)
     extra = _extra_records(config)
+    if config.cache:  # the resized uint8 pairs stay in memory: refuse a cache that cannot fit, before reading
+        from laworder.resources import check_fits
+
+        count = len(train_records) + len(val_records) + len(extra)
+        check_fits(f"cache: {count} pairs at {config.image_size}×{config.image_size}",
+                   count * (config.channels + 1) * config.image_size ** 2, "Set cache=false or lower image_size")
 
     set_seed(loop.seed)  # model initialisation depends on it
     model = build_checked_model(config)

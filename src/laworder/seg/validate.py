@@ -10,7 +10,9 @@ from pathlib import Path
 
 from torch import nn
 
+from laworder.config import check_seed
 from laworder.errors import ConfigError, DataError
+from laworder.resources import check_batch
 from laworder.seg.config import SegTrainConfig
 from laworder.training.validate import at_least, between, check_loop_config, one_of
 
@@ -52,6 +54,7 @@ def check_seg_config(config: SegTrainConfig) -> nn.Module:
     MODELS.get(config.model)  # "unknown model ...; known: ..." before anything else
     one_of("channels", config.channels, (1, 3))
     at_least("image_size", config.image_size, 1)
+    check_batch("loop.batch_size, image_size", config.loop.batch_size, config.image_size, config.channels)
     between("val_fraction", config.val_fraction, 0, 1, "[)")
     between("threshold", config.threshold, 0, 1, "()")
     at_least("bce_weight", config.bce_weight, 0)
@@ -59,7 +62,7 @@ def check_seg_config(config: SegTrainConfig) -> nn.Module:
     if config.bce_weight == 0 and config.dice_weight == 0:
         raise ConfigError("bce_weight and dice_weight are both 0: the loss would be constant; set one > 0")
     at_least("extra_limit", config.extra_limit, 0, optional=True)
-    at_least("split_seed", config.split_seed, 0, optional=True)
+    check_seed("split_seed", config.split_seed, optional=True)
     at_least("augment.rotate_degrees", config.augment.rotate_degrees, 0)
     check_data_source(config.data)
     for folder in config.extra_train:

@@ -226,14 +226,15 @@ def collect_masks(source: Any, split: str = "train", layout: str = "auto") -> li
     """Masks to condition on, from a folder of mask files, a dataset (``load_dataset``: ``split``
     is ``train``, ``test`` (every test subset) or one subset name), or a list of ``PairRecord``.
     Stems repeated across subsets are prefixed with the subset name."""
-    from laworder.data.io import is_image_file
+    from laworder.data.io import list_image_files
 
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
         if path.is_dir() and (path / "masks").is_dir() and not (path / "images").is_dir():
             path = path / "masks"  # a folder holding only masks/
-        if path.is_dir() and any(is_image_file(p) for p in path.iterdir()):
-            return [MaskItem(p.stem, p) for p in sorted(path.iterdir()) if is_image_file(p)]
+        files = list_image_files(path) if path.is_dir() else []
+        if files:
+            return [MaskItem(p.stem, p) for p in files]
         from laworder.data.layouts import load_dataset
 
         source = load_dataset(source, layout=layout)
@@ -340,6 +341,9 @@ def sample_pool(
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be >= 1 (or None for every mask), got {limit}")
+    from laworder.config import check_seed
+
+    check_seed("seed", seed)
     check_sampling_args(steps, guidance_scale, eta, mask_guidance=mask_guidance)
     if mask_augment is not None:
         from laworder.synth.mask_augment import MaskJitter, check_copies

@@ -304,6 +304,12 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     if config.backbone_kwargs.get("vae"):  # saved absolute, so later runs find it from anywhere
         vae = str(Path(config.backbone_kwargs["vae"]).expanduser().resolve())
         config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": vae})
+    from laworder.resources import check_batch
+    from laworder.training.validate import check_loop_config
+
+    check_loop_config(config.loop)  # seeds, workers, ranges: before the dataset is read or a network built
+    if config.resolution is not None:
+        check_batch("loop.batch_size, resolution", config.loop.batch_size, config.resolution, config.image_channels)
     if config.check_data:
         from laworder.data.check import ensure_valid
 

@@ -115,6 +115,9 @@ def write_checkpoint(
         _swap_into_place(tmp, final)
     except OSError as exc:
         raise _write_failed(final, tmp, root, exc) from exc
+    except BaseException:  # Ctrl-C mid-write: no half-written .tmp-step_* folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -164,6 +167,9 @@ def write_weights_folder(folder: Path, weights: dict[str, nn.Module], meta: dict
         _swap_into_place(tmp, folder)
     except OSError as exc:
         raise _write_failed(folder, tmp, folder.parent.parent / "checkpoints", exc) from exc
+    except BaseException:  # Ctrl-C mid-write
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 

@@ -12,6 +12,9 @@ import logging
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from laworder.config import save_config, to_dict
-from laworder.errors import ConfigError, NonFiniteLossError, RunDirError
+from laworder.errors import ConfigError, NonFiniteLossError, RunDirError, TrainingInterrupted
 from laworder.progress import fmt, interactive, say
 from laworder.runlock import run_lock
 from laworder.training import checkpoint as ckpt
@@ -126,6 +129,69 @@ def resolve_resume(config: LoopConfig) -> Path | None:
     return folder
 
 
+class _InterruptRequest:
+    """Ctrl-C while training: the first one asks the loop to stop at the next step boundary, where a
+    checkpoint is consistent (weights, optimizer, counters and running logs of the same step), so
+    the resumed run is bit-identical to an uninterrupted one; a second one stops at once.
+
+    The handler is installed only in the main thread (``signal`` allows no other), for the
+    duration of ``_fit``; the previous handler comes back afterwards."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.forced = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_InterruptRequest":
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nlaworder: interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process (which stops at a step boundary);
+    a worker killed by it would end the run with "worker exited unexpectedly" instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def cleanup_temporary(run_dir: Path) -> list[Path]:
+    """Remove what an interrupted write left in a run folder: ``.tmp-*`` folders and files under
+    ``checkpoints/`` and ``model/``; an ``.old-X`` whose ``X`` is missing (interrupted between the
+    two renames of a swap) is put back. Returns the paths removed."""
+    removed = []
+    for parent in (run_dir / "checkpoints", run_dir / "model"):
+        if not parent.is_dir():
+            continue
+        for path in sorted(parent.iterdir()):
+            if path.name.startswith(".old-"):
+                final = parent / path.name[len(".old-"):]
+                if not final.exists():
+                    os.replace(path, final)
+                    continue
+            elif not path.name.startswith(".tmp-"):
+                for leftover in path.glob("*.tmp") if path.is_dir() else []:
+                    leftover.unlink(missing_ok=True)
+                    removed.append(leftover)
+                continue
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _enable_gradient_checkpointing(task: TrainTask) -> None:
     """diffusers-style ``enable_gradient_checkpointing()`` on every trained module that has it."""
     supported = [name for name, module in task.modules.items() if hasattr(module, "enable_gradient_checkpointing")]
@@ -172,12 +238,12 @@ def fit(
     if config.resume:
         resolve_resume(config)
     main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` only rank 0 locks
-    with run_lock(run_dir, "training") if main_process else contextlib.nullcontext():
-        return _fit(task, train_dataset, config, val_dataset, run_config)
+    with run_lock(run_dir, "training") if main_process else contextlib.nullcontext(), _InterruptRequest() as interrupt:
+        return _fit(task, train_dataset, config, val_dataset, run_config, interrupt)
 
 
 def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_dataset: Dataset | None,
-         run_config: Any) -> FitResult:
+         run_config: Any, interrupt: _InterruptRequest | None = None) -> FitResult:
     started = time.time()
     run_dir = Path(config.output_dir)
     tracking = RunTracking(config.report_to, run_dir)  # a missing tracker package stops here, before any write
@@ -225,10 +291,12 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
     checkpoint_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
     resume_step = None
+    resumed_running: dict[str, Any] = {}
     if config.resume:
         found = resume_folder or ckpt.latest_checkpoint(checkpoint_root)
         if found is not None:
             state.update(ckpt.read_checkpoint(found, _weights(task, ema), optimizer, scheduler))
+            resumed_running = state.pop("running_logs", None) or {}
             resume_step = state["global_step"]
             if accelerator.is_main_process:
                 _truncate_log(metrics_path, state["global_step"])
@@ -244,7 +312,8 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
     def elapsed() -> float:
         return seconds_before + time.time() - started
 
-    loader_kwargs = dict(num_workers=config.num_workers, persistent_workers=False)
+    loader_kwargs = dict(num_workers=config.num_workers, persistent_workers=False,
+                         worker_init_fn=_ignore_sigint if config.num_workers else None)
     progress = None
     # a bar on a terminal; in a log (stderr not a terminal) one line per epoch instead (below)
     epoch_lines = config.progress and accelerator.is_main_process and not interactive()
@@ -253,115 +322,174 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
 
         progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {run_dir.name}", dynamic_ncols=True)
 
+    running: dict[str, float] = dict(resumed_running.get("sum", {}))
+    running_count = int(resumed_running.get("count", 0))
+    last_logs: dict[str, float] = {}
+    saved_step: list[int] = []  # the step of the last checkpoint this session wrote
+
     def checkpoint_now() -> None:
         _sync_buffers(task, accelerator)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            # the running log sums travel with the checkpoint, so the first log line after a resume
+            # averages the same steps as in an uninterrupted run
             ckpt.write_checkpoint(checkpoint_root, state["global_step"], _weights(task, ema), optimizer, scheduler,
-                                  {**state, "seconds": elapsed()}, keep=config.keep_checkpoints)
+                                  {**state, "seconds": elapsed(), "running_logs": {"sum": running, "count": running_count}},
+                                  keep=config.keep_checkpoints)
+        saved_step[:] = [state["global_step"]]
         accelerator.wait_for_everyone()
 
-    running: dict[str, float] = {}
-    running_count = 0
-    last_logs: dict[str, float] = {}
-    for module in task.modules.values():
-        module.train()
-    while state["global_step"] < total_steps and state["epoch"] < total_epochs:
-        sampler.set_epoch(state["epoch"], start_batch=state["batch_in_epoch"])
-        loader = DataLoader(train_dataset, batch_sampler=sampler, **loader_kwargs)
-        for batch in loader:
-            step = state["global_step"]
-            batch = _to_device(batch, accelerator.device)
-            task.global_step, task.total_steps = step, total_steps  # for step-dependent schedules
+    def stop_requested() -> bool:
+        """A Ctrl-C was asked for (on any process: all stop at the same step)."""
+        flag = bool(interrupt is not None and interrupt.requested)
+        if accelerator.num_processes > 1:
+            flag = bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="max").item())
+        return flag
 
-            def forward_backward():  # re-run eagerly, same generator, if torch.compile fails here
-                generator = step_generator(config.seed, step, accelerator.process_index)
-                with accelerator.autocast():
-                    output = task.training_step(batch, generator)
-                loss_all = accelerator.gather(output.loss.detach().float().reshape(1))
-                if not torch.isfinite(loss_all).all():
-                    last = ckpt.latest_checkpoint(checkpoint_root)
-                    raise NonFiniteLossError(
-                        f"non-finite loss {loss_all.tolist()} at step {step} (epoch {state['epoch']}, "
-                        f"batch {state['batch_in_epoch']}); training stopped. Last good checkpoint: "
-                        f"{last if last else 'none written yet'}. Lower the learning rate, set grad_clip, "
-                        "or check the data (`laworder data check`)."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(output.loss)
-                return output, loss_all
+    def interrupted(saved_now: bool) -> TrainingInterrupted:
+        last = ckpt.latest_checkpoint(checkpoint_root) if accelerator.is_main_process else None
+        where = (f"checkpoint saved at the interrupt: {last}" if saved_now else
+                 f"stopped mid-step, last checkpoint: {last}" if last else "no checkpoint written yet (a resume starts over)")
+        return TrainingInterrupted(f"training interrupted at step {state['global_step']} of {total_steps}; {where}",
+                                   str(run_dir), str(last) if last else None, saved_now)
 
-            output, loss_all = compiled_step.run(forward_backward)
-            # the norm (before clipping) over the trained parameters only, logged every step: a
-            # frozen UNet must neither dilute the norm nor be clipped with the ControlNet
-            grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip or math.inf)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                for name, averaged in ema.items():
-                    averaged.update_parameters(task.unwrapped(name))
-            state["global_step"] += 1
-            state["batch_in_epoch"] += 1
+    consistent = True  # every piece of state describes the same step: a checkpoint now is exact
+    try:
+        for module in task.modules.values():
+            module.train()
+        while state["global_step"] < total_steps and state["epoch"] < total_epochs:
+            sampler.set_epoch(state["epoch"], start_batch=state["batch_in_epoch"])
+            loader = DataLoader(train_dataset, batch_sampler=sampler, **loader_kwargs)
+            for batch in loader:
+                step = state["global_step"]
+                consistent = False
+                batch = _to_device(batch, accelerator.device)
+                task.global_step, task.total_steps = step, total_steps  # for step-dependent schedules
 
-            running["loss"] = running.get("loss", 0.0) + float(loss_all.mean())
-            running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
-            for key, value in output.logs.items():
-                running[key] = running.get(key, 0.0) + float(value)
-            running_count += 1
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{float(loss_all.mean()):.4f}", epoch=state["epoch"])
-            at_end = state["global_step"] >= total_steps
-            if state["global_step"] % max(1, config.log_every) == 0 or at_end:
-                last_logs = {k: v / running_count for k, v in running.items()}
-                record = {"step": state["global_step"], "epoch": state["epoch"],
-                          "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started}
-                _append_log(accelerator, metrics_path, record)
-                tracking.scalars(record, state["global_step"])
-                running, running_count = {}, 0
-            if config.snapshot_every and state["global_step"] % config.snapshot_every == 0 and accelerator.is_main_process:
-                _track_snapshot(tracking, task.on_log(state["global_step"], run_dir, batch), state["global_step"])
-            if accelerator.is_main_process:
-                periodic = task.periodic_logs(state["global_step"], run_dir)
-                if periodic:
-                    _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **periodic})
-                    tracking.scalars(periodic, state["global_step"])
-            if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and not at_end:
+                def forward_backward():  # re-run eagerly, same generator, if torch.compile fails here
+                    generator = step_generator(config.seed, step, accelerator.process_index)
+                    with accelerator.autocast():
+                        output = task.training_step(batch, generator)
+                    loss_all = accelerator.gather(output.loss.detach().float().reshape(1))
+                    if not torch.isfinite(loss_all).all():
+                        last = ckpt.latest_checkpoint(checkpoint_root)
+                        raise NonFiniteLossError(
+                            f"non-finite loss {loss_all.tolist()} at step {step} (epoch {state['epoch']}, "
+                            f"batch {state['batch_in_epoch']}); training stopped. Last good checkpoint: "
+                            f"{last if last else 'none written yet'}. Lower the learning rate, set grad_clip, "
+                            "or check the data (`laworder data check`)."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(output.loss)
+                    return output, loss_all
+
+                output, loss_all = compiled_step.run(forward_backward)
+                # the norm (before clipping) over the trained parameters only, logged every step: a
+                # frozen UNet must neither dilute the norm nor be clipped with the ControlNet
+                grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip or math.inf)
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    for name, averaged in ema.items():
+                        averaged.update_parameters(task.unwrapped(name))
+                state["global_step"] += 1
+                state["batch_in_epoch"] += 1
+
+                running["loss"] = running.get("loss", 0.0) + float(loss_all.mean())
+                running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
+                for key, value in output.logs.items():
+                    running[key] = running.get(key, 0.0) + float(value)
+                running_count += 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{float(loss_all.mean()):.4f}", epoch=state["epoch"])
+                at_end = state["global_step"] >= total_steps
+                if state["global_step"] % max(1, config.log_every) == 0 or at_end:
+                    last_logs = {k: v / running_count for k, v in running.items()}
+                    record = {"step": state["global_step"], "epoch": state["epoch"],
+                              "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started}
+                    _append_log(accelerator, metrics_path, record)
+                    tracking.scalars(record, state["global_step"])
+                    running, running_count = {}, 0
+                consistent = True  # weights, optimizer, counters and running logs all at this step
+                if config.snapshot_every and state["global_step"] % config.snapshot_every == 0 and accelerator.is_main_process:
+                    _track_snapshot(tracking, task.on_log(state["global_step"], run_dir, batch), state["global_step"])
+                if accelerator.is_main_process:
+                    periodic = task.periodic_logs(state["global_step"], run_dir)
+                    if periodic:
+                        _append_log(accelerator, metrics_path, {"step": state["global_step"], "epoch": state["epoch"], **periodic})
+                        tracking.scalars(periodic, state["global_step"])
+                if config.checkpoint_every and state["global_step"] % config.checkpoint_every == 0 and not at_end:
+                    checkpoint_now()
+                if at_end:
+                    break
+                if stop_requested():  # Ctrl-C: stop at this step boundary with a checkpoint of it
+                    if saved_step != [state["global_step"]]:
+                        checkpoint_now()
+                    raise interrupted(True)
+            consistent = False
+            epoch_done = state["batch_in_epoch"] >= steps_per_epoch
+            if epoch_done:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+            if epoch_lines and (epoch_done or state["global_step"] >= total_steps):
+                scores = ", ".join(f"{k} {fmt(v)}" for k, v in last_logs.items() if k in ("loss", "grad_norm"))
+                say(f"train {run_dir.name}: epoch {state['epoch']}/{total_epochs}, step {state['global_step']}/{total_steps}"
+                    + (f", {scores}" if scores else "") + f" ({elapsed():.0f} s)")
+            if val_dataset is not None and (epoch_done and state["epoch"] % max(1, config.val_every) == 0 or state["global_step"] >= total_steps):
+                _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema, tracking)
+            if not config.checkpoint_every or state["global_step"] >= total_steps:
                 checkpoint_now()
-            if at_end:
-                break
-        epoch_done = state["batch_in_epoch"] >= steps_per_epoch
-        if epoch_done:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-        if epoch_lines and (epoch_done or state["global_step"] >= total_steps):
-            scores = ", ".join(f"{k} {fmt(v)}" for k, v in last_logs.items() if k in ("loss", "grad_norm"))
-            say(f"train {run_dir.name}: epoch {state['epoch']}/{total_epochs}, step {state['global_step']}/{total_steps}"
-                + (f", {scores}" if scores else "") + f" ({elapsed():.0f} s)")
-        if val_dataset is not None and (epoch_done and state["epoch"] % max(1, config.val_every) == 0 or state["global_step"] >= total_steps):
-            _validate(task, val_dataset, config, state, accelerator, run_dir, metrics_path, ema, tracking)
-        if not config.checkpoint_every or state["global_step"] >= total_steps:
-            checkpoint_now()
-    if progress is not None:
-        progress.close()
-    _sync_buffers(task, accelerator)
+            consistent = True
+            if state["global_step"] < total_steps and stop_requested():
+                if saved_step != [state["global_step"]]:
+                    checkpoint_now()
+                raise interrupted(True)
+        _sync_buffers(task, accelerator)
 
-    if accelerator.is_main_process:
-        ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {
-            "step": state["global_step"], "epoch": state["epoch"], "weights": "ema" if ema else "raw"})
-        if ema:  # the raw weights beside the EMA ones, so either can be sampled or compared
-            ckpt.write_weights_folder(run_dir / "model" / "raw", {name: task.unwrapped(name) for name in task.modules},
-                                      {"step": state["global_step"], "epoch": state["epoch"], "weights": "raw"})
-        with open(run_dir / "run.json", "w") as fh:
-            json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                       "num_processes": accelerator.num_processes,
-                       "effective_batch_size": config.batch_size * accelerator.num_processes,
-                       "device": str(accelerator.device), "compiled": compiled_step.active,
-                       "compile_fallback": compiled_step.reason, "seconds": elapsed(),
-                       "session_seconds": time.time() - started}, fh, indent=2)
+        if accelerator.is_main_process:
+            ckpt.write_weights_folder(run_dir / "model" / "last", _export_weights(task, ema), {
+                "step": state["global_step"], "epoch": state["epoch"], "weights": "ema" if ema else "raw"})
+            if ema:  # the raw weights beside the EMA ones, so either can be sampled or compared
+                ckpt.write_weights_folder(run_dir / "model" / "raw", {name: task.unwrapped(name) for name in task.modules},
+                                          {"step": state["global_step"], "epoch": state["epoch"], "weights": "raw"})
+            with open(run_dir / "run.json", "w") as fh:
+                json.dump({**state, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                           "num_processes": accelerator.num_processes,
+                           "effective_batch_size": config.batch_size * accelerator.num_processes,
+                           "device": str(accelerator.device), "compiled": compiled_step.active,
+                           "compile_fallback": compiled_step.reason, "seconds": elapsed(),
+                           "session_seconds": time.time() - started}, fh, indent=2)
+    except TrainingInterrupted:
+        if accelerator.is_main_process:
+            cleanup_temporary(run_dir)
+        _finish_quietly(tracking)
+        raise
+    except KeyboardInterrupt:
+        # a Ctrl-C that did not wait for the step boundary (a second one, or one raised in a callback)
+        saved_now = False
+        if consistent and not (interrupt is not None and interrupt.forced) and accelerator.num_processes == 1:
+            if saved_step != [state["global_step"]]:
+                checkpoint_now()
+            saved_now = True
+        if accelerator.is_main_process:
+            cleanup_temporary(run_dir)
+        _finish_quietly(tracking)
+        raise interrupted(saved_now) from None
+    finally:
+        if progress is not None:
+            progress.close()
     tracking.finish()
     accelerator.wait_for_everyone()
     return FitResult(run_dir, state["global_step"], state["epoch"], state["best_metric"], state["best_step"], last_logs, time.time() - started)
+
+
+def _finish_quietly(tracking: RunTracking) -> None:
+    """Flush the trackers of an interrupted run (what they hold so far stays readable)."""
+    try:
+        tracking.finish()
+    except Exception:  # noqa: BLE001  the interrupt is what the user must hear about
+        logger.warning("could not close the trackers of the interrupted run", exc_info=True)
 
 
 def _sync_buffers(task: TrainTask, accelerator) -> None:

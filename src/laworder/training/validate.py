@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from laworder.config import check_seed
 from laworder.errors import ConfigError
+from laworder.resources import check_workers
 from laworder.training.config import LoopConfig
 
 
@@ -60,6 +62,8 @@ def check_loop_config(loop: LoopConfig, where: str = "loop") -> None:
     at_least(f"{where}.snapshot_every", loop.snapshot_every, 0)
     at_least(f"{where}.val_every", loop.val_every, 1)
     at_least(f"{where}.num_workers", loop.num_workers, 0)
+    check_seed(f"{where}.seed", loop.seed)
+    check_workers(f"{where}.num_workers", loop.num_workers)
     between(f"{where}.ema_decay", loop.ema_decay, 0, 1, "()", optional=True)
     one_of(f"{where}.monitor_mode", loop.monitor_mode, ("max", "min"))
     one_of(f"{where}.mixed_precision", loop.mixed_precision, ("no", "fp16", "bf16"))
