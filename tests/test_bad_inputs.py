@@ -222,6 +222,8 @@ INPUT_CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("synth-seed-huge", SYNTH_TRAIN + ["--seed", HUGE], {}),
     ("sample-seed-negative", SAMPLE + ["--seed", "-1"], {}),
     ("sample-seed-huge", SAMPLE + ["--seed", HUGE], {}),
+    ("seg-config-seed-huge", ["seg", "config", "--seed", HUGE], {}),
+    ("synth-config-seed-negative", ["synth", "config", "--seed", "-1"], {}),
     ("procedural-seed-negative", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--seed", "-1"], {}),
     ("procedural-seed-huge", ["data", "procedural", "{root}/p", "--num-images", "2", "--size", "32", "--seed", HUGE], {}),
     ("data-spec-seed-huge", SEG_TRAIN + ["--data", f"procedural:4:32:{HUGE}"], {}),
@@ -315,6 +317,10 @@ INPUT_CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("env-max-pixels-negative", SEG_TRAIN, {"LAWORDER_MAX_IMAGE_PIXELS": "-5"}),
     ("env-max-pixels-float", ["data", "check", "{data}"], {"LAWORDER_MAX_IMAGE_PIXELS": "1.5e6"}),
     ("env-cache-dir-is-file", SEG_TRAIN + ["--data", "procedural:4:32"], {"LAWORDER_CACHE_DIR": "{file}"}),
+    ("env-world-size-text", SEG_TRAIN, {"WORLD_SIZE": "two"}),
+    ("env-rank-above-world", SEG_TRAIN, {"WORLD_SIZE": "2", "RANK": "5"}),
+    ("env-fid-weights-missing", ["seg", "list"], {"LAWORDER_FID_WEIGHTS": "{missing}"}),
+    ("env-pretrained-dir-is-file", ["seg", "list"], {"LAWORDER_PRETRAINED_DIR": "{file}"}),
     ("env-pretrained-dir-missing", ["seg", "predict", "--pretrained", "order/polyps", "{images}", "{root}/o"],
      {"LAWORDER_PRETRAINED_DIR": "{missing}"}),
 ]
@@ -569,3 +575,38 @@ def test_label_declaration_above_256_classes_is_refused():
     assert len(parse_labels({f"c{i}": i for i in range(256)}, "labels.json")) == 256
     with pytest.raises(DataError, match="257 classes declared; at most 256"):
         parse_labels({f"c{i}": i for i in range(257)}, "labels.json")
+
+
+def test_ctrl_c_during_training_saves_prints_resume_and_exits_130(tmp_path):
+    """A real SIGINT to ``laworder seg train`` in its own process: exit 130, the checkpoint at the
+    interrupt, no temporary folder, the resume command on stderr; running that command finishes."""
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           "LAWORDER_CACHE_DIR": str(tmp_path / "cache")}
+    argv = ["seg", "train", "--data", "procedural:40:32", "--model", "mk_unet", "--image-size", "32",
+            "--batch-size", "2", "--epochs", "3", "--no-progress", "--set", "loop.log_every=1",
+            "--set", "loop.checkpoint_every=1000", "-o", "run"]
+    import signal
+
+    from laworder.training.checkpoint import list_checkpoints
+
+    process = subprocess.Popen([sys.executable, "-m", "laworder.cli", *argv], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 500  # a loaded machine imports torch and MONAI slowly
+    while time.time() < deadline and process.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    checkpoints = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert len(checkpoints) == 1 and f"checkpoint saved at the interrupt: run/checkpoints/{checkpoints[0].name}" in stderr
+    assert [p for p in (tmp_path / "run").rglob("*") if p.name.startswith((".tmp-", ".old-"))] == []
+    resume = next(line for line in stderr.splitlines() if "--resume" in line)
+    command = resume[resume.index("laworder seg train"):].split()
+    assert command[-1] == "--resume" and command[1:-1] == argv
+    step = int(checkpoints[0].name.removeprefix("step_"))
+    finish = subprocess.run([sys.executable, "-m", "laworder.cli", *command[1:]], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["global_step"] == state["total_steps"] > step

@@ -98,13 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        from laworder.environment import check_environment
+
+        check_environment()  # variables standing for flags are checked like them, before anything is read
         if args.max_image_pixels is not None:
             from laworder.data.io import set_max_image_pixels
 
             set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("laworder: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        from laworder.errors import TrainingInterrupted
+
+        if isinstance(interrupt, TrainingInterrupted):  # training stopped: what was saved, how to go on
+            print(f"laworder: interrupted: {interrupt}", file=sys.stderr)
+            print(f"laworder: resume with: {TrainingInterrupted.resume_command(argv)}", file=sys.stderr)
+        else:
+            print("laworder: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (the one place errors become one line)
         if debug:

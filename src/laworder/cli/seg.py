@@ -17,7 +17,12 @@ def _seg_config(args: argparse.Namespace):
 
 
 def _seg_print_config(args: argparse.Namespace) -> int:
-    return print_config(_seg_config(args))
+    from laworder.config import check_seed
+
+    config = _seg_config(args)
+    check_seed("loop.seed", config.loop.seed)  # a seed train would refuse is refused here too (no torch import)
+    check_seed("split_seed", config.split_seed, optional=True)
+    return print_config(config)
 
 
 def _seg_train(args: argparse.Namespace) -> int:

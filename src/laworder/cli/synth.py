@@ -30,7 +30,11 @@ def _config(args: argparse.Namespace):
 
 
 def _print_config(args: argparse.Namespace) -> int:
-    return print_config(_config(args))
+    from laworder.config import check_seed
+
+    config = _config(args)
+    check_seed("loop.seed", config.loop.seed)  # a seed train would refuse is refused here too
+    return print_config(config)
 
 
 def _train(args: argparse.Namespace) -> int:
