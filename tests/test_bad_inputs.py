@@ -519,7 +519,6 @@ def test_yaml_anchors_within_the_bound_still_work(tmp_path):
     ({"LAWORDER_MAX_IMAGE_PIXELS": "0"}, "out of range"),
     ({"LAWORDER_MAX_IMAGE_PIXELS": "1e8"}, "not an integer"),
     ({"LAWORDER_CACHE_DIR": "{file}"}, "is a file, not a folder"),
-    ({"LAWORDER_PRETRAINED_DIR": "{missing}"}, "no such folder"),
     ({"LAWORDER_PRETRAINED_DIR": "{file}"}, "is a file"),
     ({"LAWORDER_FID_WEIGHTS": "{missing}"}, "no such file"),
     ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),

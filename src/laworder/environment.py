@@ -66,7 +66,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     int_variable("LAWORDER_MAX_IMAGE_PIXELS", 1, env)
     _folder_variable("LAWORDER_CACHE_DIR", env, must_exist=False)
-    _folder_variable("LAWORDER_PRETRAINED_DIR", env, must_exist=True)
+    _folder_variable("LAWORDER_PRETRAINED_DIR", env, must_exist=False)  # a missing one lists no weights
     fid = env.get("LAWORDER_FID_WEIGHTS", "").strip()
     if fid and not Path(fid).is_file():
         raise ConfigError(f"environment variable LAWORDER_FID_WEIGHTS={fid}: no such file ({VARIABLES['LAWORDER_FID_WEIGHTS']})")
