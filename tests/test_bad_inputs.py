@@ -166,6 +166,10 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("sample-resume-other-settings", ["synth", "sample", "{synthrun}", "{data}", "{pool}", "--steps", "3",
                                       "--limit", "2", "--resume"], {}),
     ("sample-locked", ["synth", "sample", "{synthrun}", "{data}", "{locked}", "--steps", "1", "--overwrite"], {}),
+    ("sample-pretrained-unknown", ["synth", "sample", "--pretrained", "nosuch/law", "{data}", "{root}/new_pool"], {}),
+    ("sample-pretrained-and-run", ["synth", "sample", "--pretrained", "polyps/law", "{synthrun}", "{data}",
+                                   "{root}/new_pool"], {}),
+    ("sample-missing-out", ["synth", "sample", "{synthrun}", "{data}"], {}),
     # experiments
     ("exp-missing-config", ["exp", "run", "{missing}.yaml"], {}),
     ("exp-config-without-kind", ["exp", "run", "{yaml}/nokind.yaml"], {}),

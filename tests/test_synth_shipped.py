@@ -240,3 +240,24 @@ def test_wheel_ships_generators_and_they_load_outside_the_repo(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, timeout=300,
                          capture_output=True, text=True).stdout
     assert "['tiny/law']" in out and "(2, 3, 16, 16) True" in out
+
+
+def test_cli_lists_and_samples_shipped_generators(env, runs, tmp_path, capsys):
+    from laworder.cli import main
+
+    assert main(["synth", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "shipped generators" in listing and "tiny/law" in listing and "16x16, law weighting, float16" in listing
+    masks = runs["data"] / "TestDataset" / "Held" / "masks"
+    pool = tmp_path / "pool"
+    # steps and guidance not given: the card's (SAMPLING)
+    assert main(["synth", "sample", "--pretrained", "tiny/uniform", str(masks), str(pool), "--no-progress"]) == 0
+    manifest = json.loads((pool / "manifest.json").read_text())
+    assert manifest["checkpoint"] == "pretrained:tiny/uniform" and manifest["method"] == "uniform"
+    assert (manifest["steps"], manifest["guidance_scale"], manifest["mask_guidance"]) == (3, 3.0, 1.0)
+    assert main(["synth", "sample", "--pretrained", "tiny/uniform", str(masks), str(tmp_path / "p2"), "--steps", "2",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "p2" / "manifest.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    assert main(["synth", "sample", "--pretrained", "tiny/nosuch", str(masks), str(tmp_path / "p3")]) == 2
+    assert "known: tiny/law, tiny/uniform" in capsys.readouterr().err and not (tmp_path / "p3").exists()

@@ -48,7 +48,8 @@ EXAMPLES: dict[str, str] = {
                    "laworder synth train --base runs/base --data ../shared/data/polyps --objective uniform -o runs/uniform",
     "synth config": "laworder synth config --objective law --gradient-checkpointing > law.yaml",
     "synth vae-dice": "laworder synth vae-dice runs/vae runs/order --limit 50",
-    "synth sample": "laworder synth sample runs/law ../shared/data/polyps pools/law --split test --steps 50 --guidance 10",
+    "synth sample": "laworder synth sample runs/law ../shared/data/polyps pools/law --split test --steps 50 --guidance 10\n"
+                    "laworder synth sample --pretrained polyps/law masks/ pools/law   # a generator shipped in the package",
     "synth list": "laworder synth list",
     "exp run": "laworder exp run table4_augmentation_tiny",
     "exp list": "laworder exp list",

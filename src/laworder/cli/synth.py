@@ -81,13 +81,26 @@ def _vae_dice(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from laworder.errors import UsageError
     from laworder.synth.sampler import sample_pool
 
+    if len(args.paths) != (2 if args.pretrained else 3):
+        raise UsageError(f"synth sample takes {'MASKS OUT with --pretrained' if args.pretrained else 'RUN MASKS OUT'}, "
+                         f"got {len(args.paths)} paths: {' '.join(args.paths)}")
+    run, (masks, out) = (None, args.paths) if args.pretrained else (args.paths[0], args.paths[1:])
+    # settings not given: a shipped generator's card, else the paper's sampler (DDIM 50, CFG 10, no mask guidance)
+    defaults = {"steps": 50, "guidance_scale": 10.0, "mask_guidance": 1.0}
+    if args.pretrained:
+        from laworder.synth.pretrained import find_generator
+
+        defaults = find_generator(args.pretrained).sampling
+    pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
     pool = sample_pool(
-        args.run, args.masks, args.out, steps=args.steps, guidance_scale=args.guidance, eta=args.eta, seed=args.seed,
+        run, masks, out, steps=pick(args.steps, "steps"), guidance_scale=pick(args.guidance, "guidance_scale"),
+        eta=args.eta, seed=args.seed, pretrained=args.pretrained,
         batch_size=args.batch_size, split=args.split, batched_cfg=not args.two_pass, limit=args.limit,
         layout=args.layout, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
-        mask_guidance=args.mask_guidance,
+        mask_guidance=pick(args.mask_guidance, "mask_guidance"),
         resume=args.resume, skip_unreadable=args.skip_unreadable,
     )
     from laworder.parallel import process_state
@@ -99,12 +112,21 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from laworder.synth.backbones import BACKBONES
+    from laworder.synth.pretrained import list_generators, synth_dir
     from laworder.synth.weighting import OBJECTIVES
 
     for title, registry in (("objectives", OBJECTIVES), ("backbones", BACKBONES)):
         print(f"{title}:")
         for name, doc in registry.describe().items():
             print(f"  {name:22s} {doc}")
+    generators = list_generators()
+    print(f"shipped generators ({synth_dir()}; `laworder synth sample --pretrained NAME MASKS OUT`):")
+    for generator in generators:
+        meta = generator.meta
+        print(f"  {generator.name:22s} {generator.resolution}x{generator.resolution}, {generator.objective} weighting, "
+              f"{meta.get('dtype')}, {generator.size_bytes / 1e6:.1f} MB; card: {generator.folder / 'card.md'}")
+    if not generators:
+        print("  (none)")
     return 0
 
 
@@ -158,15 +180,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_vae_dice)
 
     p = actions.add_parser("sample", help="DDIM + classifier-free guidance: one image per mask -> pool folder")
-    p.add_argument("run", help="synth train run folder (or its model/last, or a checkpoint folder)")
-    p.add_argument("masks", help="folder of masks, or a dataset (see --split)")
-    p.add_argument("out", help="pool folder to write (images/, masks/, manifest.json)")
+    p.add_argument("paths", nargs="+", metavar="[RUN] MASKS OUT",
+                   help="RUN: synth train run folder (or its model/last, or a checkpoint folder), left out with "
+                        "--pretrained; MASKS: folder of masks, or a dataset (see --split); OUT: pool folder to write "
+                        "(images/, masks/, manifest.json)")
+    p.add_argument("--pretrained", metavar="NAME",
+                   help="a generator shipped in the package instead of RUN, e.g. polyps/law (laworder synth list); "
+                        "its card's sampler settings are the defaults")
     p.add_argument("--split", default="train", help="dataset part: train, test or a test-subset name")
     p.add_argument("--layout", default="auto")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=10.0, help="CFG scale on the image token, >= 0 (1 = off)")
-    p.add_argument("--mask-guidance", type=float, default=1.0,
-                   help="guidance scale on the mask, >= 0: pushes away from the UNet without ControlNet (1 = off)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default 50, or the --pretrained card's)")
+    p.add_argument("--guidance", type=float,
+                   help="CFG scale on the image token, >= 0 (1 = off; default 10, or the --pretrained card's)")
+    p.add_argument("--mask-guidance", type=float,
+                   help="guidance scale on the mask, >= 0: pushes away from the UNet without ControlNet "
+                        "(1 = off, the default, or the --pretrained card's)")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="base seed; each mask uses seed + crc32(stem)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -180,5 +208,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sample)
 
-    p = actions.add_parser("list", help="registered weighting objectives and backbones")
+    p = actions.add_parser("list", help="registered weighting objectives and backbones, and the shipped generators")
     p.set_defaults(func=_list)
