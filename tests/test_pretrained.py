@@ -167,3 +167,35 @@ def test_every_shipped_weight_file_loads_into_its_model(monkeypatch):
         assert weights.kind in ("protocol", "short-cpu")
         assert (weights.kind == "protocol") != ("Not the paper's protocol" in card)
         assert 0.0 < weights.test_dice <= 1.0
+
+
+def test_same_flags_for_run_and_pretrained_and_onnx_without_a_run(shipped, weights_env, tmp_path, capsys):
+    """evaluate --pretrained needs no --out (prints; writes only when asked), export takes
+    --pretrained, and the exported file predicts alone like the PyTorch model; an ONNX file from
+    another model is refused beside RUN/--pretrained, a garbage file in one line (issue 27 item 5)."""
+    _, data, run = shipped
+    capsys.readouterr()
+    assert cli(["seg", "evaluate", "--pretrained", "order/tiny", "--data", str(data), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "HD95 (px)" in out and "NSD at 2 px" in out and "nothing written" in out
+    # without --data: the dataset the card records (here it exists), like a run folder's
+    assert cli(["seg", "evaluate", "--pretrained", "order/tiny", "--no-progress", "--nsd-tolerance", "1"]) == 0
+    assert "NSD at 1 px" in capsys.readouterr().out
+    onnx_path = tmp_path / "order.onnx"
+    assert cli(["seg", "export", "--pretrained", "order/tiny", str(onnx_path), "--no-progress"]) == 0
+    assert cli(["seg", "predict", "--onnx", str(onnx_path), str(data), str(tmp_path / "onnx"), "--no-progress"]) == 0
+    assert cli(["seg", "predict", "--pretrained", "order/tiny", str(data), str(tmp_path / "torch"), "--no-progress"]) == 0
+    agree = [np.mean(read_mask(mask) == read_mask(tmp_path / "torch" / "masks" / mask.name))
+             for mask in sorted((tmp_path / "onnx" / "masks").iterdir())]
+    assert len(agree) == 16 and min(agree) > 0.999
+    # another model's file is refused beside --pretrained (a run folder: tests/test_seg_app.py)
+    capsys.readouterr()
+    assert cli(["seg", "predict", "--pretrained", "mk_unet/tiny", "--onnx", str(onnx_path), str(data),
+                str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "exported from another model" in err and err.count("\n") == 1 and not (tmp_path / "other").exists()
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x01garbage" * 20)
+    assert cli(["seg", "predict", "--onnx", str(garbage), str(data), str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "not an ONNX model" in err and err.count("\n") == 1 and not (tmp_path / "g").exists()

@@ -6,6 +6,7 @@
     synth.py      laworder synth    (laworder.synth; probe figure and vae-dice from experiments)
     exp.py        laworder exp      (laworder.experiments)
     report.py     laworder report   (laworder.experiments.report)
+    gallery.py    laworder gallery  (laworder.experiments.gallery)
     export.py     laworder export   (laworder.interop)
     demo.py       laworder demo     (laworder.experiments.demo)
     help_text.py  the overview and one example per command (``-h``)
@@ -31,12 +32,12 @@ import os
 import sys
 import traceback
 
-from laworder.cli import data, demo, exp, export, report, seg, synth
+from laworder.cli import data, demo, exp, export, gallery, report, seg, synth
 from laworder.cli.common import build_config, print_config  # noqa: F401  (public helpers)
 from laworder.errors import LaworderError, UsageError
 
 # the command groups, in the order ``laworder --help`` lists them
-GROUPS = (data, seg, synth, exp, report, export, demo)
+GROUPS = (data, seg, synth, exp, report, gallery, export, demo)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         from laworder.environment import check_environment
 
         check_environment()  # variables standing for flags are checked like them, before anything is read
+        from laworder.progress import route_warnings
+
+        route_warnings()  # warnings and log lines above a live progress bar, not inside it
         if args.max_image_pixels is not None:
             from laworder.data.io import set_max_image_pixels
 

@@ -18,6 +18,7 @@ typical session:
   laworder seg train --config polyps_paper -o runs/order
   laworder seg evaluate runs/order
   laworder seg predict runs/order my_images/ out/
+  laworder gallery out/ -o out.html
   laworder synth train --data ../shared/data/polyps --objective law -o runs/law
   laworder synth sample runs/law ../shared/data/polyps pools/law
 
@@ -36,10 +37,11 @@ EXAMPLES: dict[str, str] = {
     "seg config": "laworder seg config --config polyps_paper --set loop.epochs=50 > my_run.yaml\n"
                   "laworder seg train --config my_run.yaml -o runs/my_run",
     "seg evaluate": "laworder seg evaluate runs/order --which best\n"
-                    "laworder seg evaluate --pretrained order/polyps --data ../shared/data/polyps --out eval_polyps",
+                    "laworder seg evaluate --pretrained order/polyps --data ../shared/data/polyps --nsd-tolerance 2",
     "seg predict": "laworder seg predict runs/order my_images/ out/ --resize pad --tta\n"
                    "laworder seg predict --pretrained order/polyps my_images/ out/   # weights shipped in the package",
-    "seg export": "laworder seg export runs/order order.onnx",
+    "seg export": "laworder seg export runs/order order.onnx\n"
+                  "laworder seg predict --onnx order.onnx my_images/ out/   # no run folder: settings in the file",
     "seg profile": "laworder seg profile --models order mk_unet --image-size 256 --out profile.json",
     "seg list": "laworder seg list          # models, then the shipped weights (resolution, test Dice)",
     "synth pretrain-vae": "laworder synth pretrain-vae --data ../shared/data/polyps --resolution 128 -o runs/vae",
@@ -55,7 +57,9 @@ EXAMPLES: dict[str, str] = {
     "exp list": "laworder exp list",
     "exp mask-recovery": "laworder exp mask-recovery runs/order pools/law --out recovery.json",
     "exp law-analysis": "laworder exp law-analysis runs/law --out runs/law/analysis",
-    "report": "laworder report runs/exp/table4_augmentation",
+    "report": "laworder report runs/exp/table4_augmentation     # report.md and report.html",
+    "gallery": "laworder gallery out/ -o predictions.html                # a seg predict output over a pair folder\n"
+               "laworder gallery pools/law --predictions pools/law_pred -o pool.html",
     "export nnunet": "laworder export nnunet ../shared/data/polyps nnUNet_raw --id 501 --name Polyps --extra pools/law",
     "demo": "laworder demo -o demo_runs",
 }

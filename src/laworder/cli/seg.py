@@ -26,11 +26,12 @@ def _seg_print_config(args: argparse.Namespace) -> int:
 
 
 def _seg_train(args: argparse.Namespace) -> int:
+    from laworder.progress import fmt
     from laworder.seg.train import train_segmenter
 
     run = train_segmenter(_seg_config(args))
     print(f"run folder: {run.run_dir}  (train {run.num_train}, val {run.num_val}, extra {run.num_extra}; "
-          f"best {run.fit.best_metric} at step {run.fit.best_step})")
+          f"best {fmt(run.fit.best_metric)} at step {run.fit.best_step})")
     return 0
 
 
@@ -46,14 +47,27 @@ def _seg_evaluate(args: argparse.Namespace) -> int:
     from laworder.errors import ConfigError
     from laworder.seg.evaluate import evaluate_records, evaluation_subsets, format_markdown, write_eval
 
+    from laworder.training.validate import at_least
+
+    at_least("--nsd-tolerance", args.nsd_tolerance, 0)
     model, config, _ = _seg_model(args, [args.run] if args.run else [], 1)
-    if args.pretrained and not (args.data and args.out):
-        raise ConfigError("with --pretrained give --data (the dataset to score) and --out (where eval.json goes)")
-    subsets = evaluation_subsets(args.data or config.data, "auto" if args.data else config.layout, args.subset)
+    # the same flags for a run folder and shipped weights: --data defaults to the dataset the
+    # model was trained on (a shipped card records it; it must exist here), --out to RUN/eval
+    data = args.data or config.data
+    if not data:
+        raise ConfigError(f"{args.pretrained} records no dataset: give --data (the dataset to score)")
+    if not args.data and args.pretrained and not data.startswith("procedural") and not Path(data).exists():
+        raise ConfigError(f"{args.pretrained} was trained on {data}, which is not here: give --data (the dataset to score)")
+    subsets = evaluation_subsets(data, "auto" if args.data or args.pretrained else config.layout, args.subset)
     result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
-                              progress=not args.no_progress, labels=config.labels, compile=args.compile)
-    out = write_eval(result, args.out or Path(args.run) / "eval", title=args.pretrained or config.model)
-    print(format_markdown(result, config.model))
+                              progress=not args.no_progress, labels=config.labels, compile=args.compile,
+                              nsd_tolerance=args.nsd_tolerance)
+    print(format_markdown(result, args.pretrained or config.model))
+    out = args.out or (Path(args.run) / "eval" if args.run else None)
+    if out is None:
+        print("(shipped weights: nothing written; give --out DIR to keep eval.json and eval.md)")
+        return 0
+    out = write_eval(result, out, title=args.pretrained or config.model)
     print(f"wrote {out}/eval.json and eval.md")
     return 0
 
@@ -72,7 +86,30 @@ def _seg_model(args: argparse.Namespace, paths: list[str], wanted: int):
     return (*load_segmenter(paths[0], args.which), paths[1:])
 
 
-PREDICT_OUTPUTS = ("masks", "overlays", "probabilities", "skipped.json")
+PREDICT_OUTPUTS = ("masks", "overlays", "probabilities", "skipped.json", "predict.json")
+
+
+def _onnx_model(args: argparse.Namespace):
+    """``seg predict --onnx FILE``: (onnxruntime model, settings, (SOURCE, OUT), resize mode).
+
+    ``--onnx FILE SOURCE OUT`` takes every setting from the file's metadata (``seg export``);
+    with RUN or --pretrained the file must have been exported from that model (its recorded
+    weights fingerprint and settings), and the settings are that model's."""
+    from laworder.seg.export import OnnxSegmenter, onnx_predict_settings
+
+    onnx_model = OnnxSegmenter(args.onnx)  # a missing or garbage file is refused first
+    if not args.pretrained and len(args.paths) == 2:
+        config = onnx_predict_settings(onnx_model)
+        paths = args.paths
+    else:
+        model, config, paths = _seg_model(args, args.paths, 3)
+        config = onnx_predict_settings(onnx_model, model, config)
+    resize = args.resize or (onnx_model.usage.resize if onnx_model.usage else "squash")
+    from laworder.data.labels import is_multiclass
+
+    onnx_model.check_fits(config.channels, config.image_size, resize,
+                          num_classes=len(config.labels) if is_multiclass(config.labels) else 2)
+    return onnx_model, config, paths, resize
 
 
 def _seg_predict(args: argparse.Namespace) -> int:
@@ -85,15 +122,11 @@ def _seg_predict(args: argparse.Namespace) -> int:
 
         raise ConfigError("--compile applies to the PyTorch model; --onnx runs onnxruntime instead: give one of them")
     # inputs first (weights, model file, every image decoded), then the output folder
-    model, config, (source, out) = _seg_model(args, args.paths, 3)
     if args.onnx:
-        from laworder.seg.export import OnnxSegmenter
-
-        if not Path(args.onnx).is_file():
-            from laworder.errors import MissingWeightsError
-
-            raise MissingWeightsError(f"--onnx {args.onnx}: file not found")
-        model = OnnxSegmenter(args.onnx)
+        model, config, (source, out), resize = _onnx_model(args)
+    else:
+        model, config, (source, out) = _seg_model(args, args.paths, 3)
+        resize = args.resize or "squash"
     files, skipped = readable_inputs(list_images(source), lambda path: open_image(path).close(),
                                      args.skip_unreadable, what="images")
     from laworder.parallel import process_state, wait
@@ -105,7 +138,7 @@ def _seg_predict(args: argparse.Namespace) -> int:
     # every process checks the folder before any process writes into it
     wait(state)
     written = predict_folder(model, files, out, config.image_size, config.channels, config.threshold,
-                             write_overlays=not args.no_overlays, resize=args.resize, tta=args.tta,
+                             write_overlays=not args.no_overlays, resize=resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress,
                              labels=config.labels, compile=args.compile)
     if main_process:
@@ -115,10 +148,10 @@ def _seg_predict(args: argparse.Namespace) -> int:
 
 
 def _seg_export(args: argparse.Namespace) -> int:
-    from laworder.seg.export import export_onnx
-    from laworder.seg.loading import load_segmenter
+    from laworder.seg.export import export_onnx, usage_of
 
-    model, config = load_segmenter(args.run, args.which)
+    model, config, (out,) = _seg_model(args, args.paths, 2)
+    args.out = out
     if Path(args.out).is_dir():
         from laworder.errors import RunDirError
 
@@ -132,9 +165,10 @@ def _seg_export(args: argparse.Namespace) -> int:
 
         check_image_size(model, args.image_size, config.model, where="--image-size")
     report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, usage=usage_of(model, config))
     sizes = ", ".join(f"{h}×{w}" for h, w in report.checked_sizes)
-    print(f"wrote {report.path} (dynamic H×W; onnxruntime parity at {sizes}: max abs diff {report.max_abs_diff:.2e})")
+    print(f"wrote {report.path} (dynamic H×W; onnxruntime parity at {sizes}: max abs diff {report.max_abs_diff:.2e}; "
+          f"settings in its metadata: `laworder seg predict --onnx {report.path} IMAGES OUT` needs no run folder)")
     return 0
 
 
@@ -200,30 +234,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--test-data", help="dataset whose test subsets are scored (default: --data)")
             p.add_argument("--subset", nargs="+", help="only these test subsets")
         p.set_defaults(func=func)
-    p = seg.add_parser("evaluate", help="Dice/IoU per image, per subset and over subsets")
+    p = seg.add_parser("evaluate", help="Dice/IoU, HD95 and surface Dice per image, per subset and over subsets")
     p.add_argument("run", nargs="?", help="run folder (or --pretrained NAME)")
     p.add_argument("--pretrained", metavar="MODEL/DATASET", help="score shipped weights (laworder seg list)")
     p.add_argument("--data", help="dataset to score (default: the run's dataset test subsets)")
     p.add_argument("--subset", nargs="+")
     p.add_argument("--which", default="best", choices=["best", "last"])
-    p.add_argument("--out")
+    p.add_argument("--out", help="folder for eval.json and eval.md (default: RUN/eval; with --pretrained "
+                                 "nothing is written unless given)")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="PX",
+                   help="normalised surface Dice tolerance in pixels of the model's input grid (default 2); "
+                        "HD95 is reported beside it")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_evaluate, usage_paths=["RUN"])
     p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images",
-                       usage="laworder seg predict [-h] (RUN | --pretrained MODEL/DATASET) SOURCE OUT [options]")
+                       usage="laworder seg predict [-h] (RUN | --pretrained MODEL/DATASET | --onnx FILE) SOURCE OUT [options]")
     p.add_argument("paths", nargs="+", metavar="[RUN] SOURCE OUT",
-                   help="run folder (omit with --pretrained), image folder / pair folder / one image, output folder")
+                   help="run folder (omit with --pretrained or --onnx), image folder / pair folder / one image, output folder")
     p.add_argument("--pretrained", metavar="MODEL/DATASET",
                    help="use weights shipped with the package instead of a run folder (laworder seg list)")
     p.add_argument("--which", default="best", choices=["best", "last"])
-    p.add_argument("--onnx", help="run this exported .onnx model with onnxruntime instead of PyTorch")
+    p.add_argument("--onnx", metavar="FILE",
+                   help="run this `seg export`ed model with onnxruntime; alone it needs no run folder (its settings are "
+                        "in the file); with RUN or --pretrained it must have been exported from that model")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
     p.add_argument("--no-overlays", action="store_true")
-    p.add_argument("--resize", default="squash", choices=["squash", "pad", "sliding"],
-                   help="squash to the training size (default); pad: keep the aspect ratio, pad to a multiple of 32; "
+    p.add_argument("--resize", choices=["squash", "pad", "sliding"],
+                   help="squash to the training size (default; an ONNX file's recorded mode); pad: keep the aspect ratio, pad to a multiple of 32; "
                         "sliding: native resolution, Gaussian-blended training-size windows (MONAI)")
     p.add_argument("--tta", action="store_true", help="average the logits over the four flips (nnU-Net mirroring)")
     p.add_argument("--save-probabilities", action="store_true",
@@ -233,14 +273,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="predict the readable images, list the others in OUT/skipped.json (default: stop, write nothing)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier predictions in a non-empty OUT")
     p.set_defaults(func=_seg_predict, usage_paths=["RUN", "SOURCE", "OUT"])
-    p = seg.add_parser("export", help="export to ONNX and check onnxruntime parity")
-    p.add_argument("run")
-    p.add_argument("out", help="path of the .onnx file")
+    p = seg.add_parser("export", help="export to ONNX (settings in its metadata) and check onnxruntime parity",
+                       usage="laworder seg export [-h] (RUN | --pretrained MODEL/DATASET) OUT [options]")
+    p.add_argument("paths", nargs="+", metavar="[RUN] OUT", help="run folder (omit with --pretrained), path of the .onnx file")
+    p.add_argument("--pretrained", metavar="MODEL/DATASET", help="export weights shipped with the package (laworder seg list)")
     p.add_argument("--which", default="best", choices=["best", "last"])
     p.add_argument("--image-size", type=int, help="first parity-check size (default: the training size)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file at OUT")
-    p.set_defaults(func=_seg_export)
+    p.set_defaults(func=_seg_export, usage_paths=["RUN", "OUT"])
     p = seg.add_parser("profile", help="Table 9: params, FLOPs (two conventions), latency, memory")
     p.add_argument("--models", nargs="+", help="default: every registered model")
     p.add_argument("--image-size", type=int, default=256)

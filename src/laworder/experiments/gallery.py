@@ -281,7 +281,8 @@ def load_gallery(source: str | os.PathLike, **kwargs: Any) -> Gallery:
     if (source / "manifest.json").is_file():
         unknown = {k for k, v in kwargs.items() if v is not None} & {"images", "truth"}
         if unknown:
-            raise ConfigError(f"{source} is a pool: {', '.join('--' + k for k in sorted(unknown))} apply to prediction folders")
+            raise ConfigError(f"{source} is a pool: {' and '.join('--' + k for k in sorted(unknown))} "
+                              f"appl{'ies' if len(unknown) == 1 else 'y'} to `seg predict` output folders")
         kwargs.pop("images", None), kwargs.pop("truth", None)
         return pool_gallery(source, **kwargs)
     if (source / "masks").is_dir():
@@ -309,6 +310,9 @@ def _data_uri(picture: np.ndarray, thumb: int) -> str:
 
     image = Image.fromarray(picture)
     image.thumbnail((thumb, thumb), Image.Resampling.NEAREST if picture.ndim == 2 else Image.Resampling.LANCZOS)
+    factor = thumb // max(image.size)
+    if factor >= 2:  # tiny pictures (a 32² pool) scaled up by whole pixels, so they can be seen
+        image = image.resize((image.size[0] * factor, image.size[1] * factor), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     if picture.ndim == 2:  # masks: lossless, a few hundred bytes
         image.save(buffer, format="PNG", optimize=True)

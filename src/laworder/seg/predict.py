@@ -160,7 +160,7 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     if progress and state.is_main_process:  # a bar on a terminal, a few plain lines in a log
         from laworder.progress import progress as progress_bar
 
-        files = progress_bar(files, desc="predict", unit="image")
+        files = progress_bar(files, desc="predict", unit="images")
     written = []
     for path in files:
         image = read_image(path, channels)
