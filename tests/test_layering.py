@@ -27,6 +27,7 @@ PACKAGE = Path(laworder.__file__).parent
 # package's own __init__).
 LAYERS: list[set[str]] = [
     {"errors"},
+    {"environment", "resources"},  # environment variables and machine resources, read by the basics
     {"registry", "runlock", "config", "parallel", "progress", "laworder"},  # shared basics
     {"data"},
     {"models", "metrics", "interop"},
