@@ -190,7 +190,9 @@ class Bench(synth_fair.Bench):
         train = real_images(self.data, "train", self.plan)
         pick = np.random.default_rng(self.plan["metrics"]["floor_seed"]).choice(len(train), size=len(test), replace=False)
         started = time.time()
-        result = fid_kid(test, train[np.sort(pick)], self.plan)
+        cache = self.run_path("features")
+        result = fid_kid(features("real_test", test, cache, self.plan),
+                         features("real_train_floor", train[np.sort(pick)], cache, self.plan))
         return {**result, "seconds": time.time() - started, "real_test": len(test), "real_train_available": len(train),
                 "what": f"real test ({len(test)}) vs {len(test)} real training images drawn with seed "
                         f"{self.plan['metrics']['floor_seed']}, all at {self.plan['resolution']}²"}
@@ -202,10 +204,12 @@ class Bench(synth_fair.Bench):
 
         started = time.time()
         test = real_images(self.data, "test", self.plan)
-        fid = {}
+        fid, cache = {}, self.run_path("features")
+        real = features("real_test", test, cache, self.plan)
         for guidance, seed in self.plan["sampling"]["pools"]:
             name = pool_name(gen, guidance, seed)
-            fid[name] = fid_kid(test, pool_images(self.pool_folder(gen, guidance, seed), self.plan), self.plan)
+            fid[name] = fid_kid(real, features(name, pool_images(self.pool_folder(gen, guidance, seed), self.plan),
+                                               cache, self.plan))
         div = self.plan["sampling"]["diversity"]
         second_folder = self.pool_folder(gen, div["mask_guidance"], div["seed"])
         second_files = [f for subset in self.plan["test_subsets"] for f in sorted((second_folder / subset / "images").iterdir())]
@@ -315,18 +319,34 @@ def _extractor():
     return _EXTRACTOR
 
 
-def fid_kid(real: "np.ndarray", fake: "np.ndarray", plan: dict) -> dict:
-    """FID and KID (subsets of all images) between two uint8 N×H×W×3 stacks of equal size."""
-    from laworder.metrics.fid import compute_fid_kid
-    import warnings
+def features(name: str, images: "np.ndarray", cache: Path, plan: dict) -> "np.ndarray":
+    """Inception pool3 features of uint8 N×H×W×3 ``images``, cached as ``cache/<name>.npy`` (with the
+    weights' label beside it: a cache made with other weights is recomputed)."""
+    import numpy as np
+
+    from laworder.metrics.fid import extract_features
 
     model, label = _extractor()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FewSamplesWarning: stated in the report instead
-        result = compute_fid_kid(real, fake, model, match_counts="refuse", batch_size=plan["metrics"]["fid_batch_size"],
-                                 kid_subsets=100, kid_subset_size=len(real))
-    return {"fid": result.fid, "kid_mean": result.kid_mean, "kid_std": result.kid_std, "images": result.n_real,
-            "kid_subset_size": result.kid_subset_size, "weights": label}
+    file, tag = cache / f"{name}.npy", cache / f"{name}.weights.txt"
+    if file.is_file() and tag.is_file() and tag.read_text() == label:
+        return np.load(file)
+    values = extract_features(images, model, plan["metrics"]["fid_batch_size"])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(file, values)
+    tag.write_text(label)
+    return values
+
+
+def fid_kid(real: "np.ndarray", fake: "np.ndarray") -> dict:
+    """FID and KID (100 subsets of all images) between two N×2048 feature sets of equal size."""
+    from laworder.errors import DataError
+    from laworder.metrics.fid import feature_statistics, frechet_distance, kid
+
+    if len(real) != len(fake):
+        raise DataError(f"FID at unequal counts: {len(real)} real vs {len(fake)} generated")
+    kid_mean, kid_std = kid(real, fake, num_subsets=100, subset_size=len(real), seed=0)
+    return {"fid": frechet_distance(*feature_statistics(real), *feature_statistics(fake)), "kid_mean": kid_mean,
+            "kid_std": kid_std, "images": len(real), "kid_subset_size": len(real), "weights": _extractor()[1]}
 
 
 def ms_ssim_pairs(first: "np.ndarray", second: "np.ndarray", plan: dict) -> dict:
@@ -436,7 +456,7 @@ def markdown(results: dict) -> str:
     lines = [f"Made by: `{results['command']}` (pieces and their exact commands: `bench/results/synth_generators/pieces/`)", ""]
     if judge:
         ceiling = judge["real_test"]["pooled_dice"]
-        lines += [f"Judge: {judge['model']} (half width) trained on the real training images at {plan['resolution']}²; "
+        lines += [f"Judge: {judge['model']} trained on the real training images at {plan['resolution']}²; "
                   f"real-test Dice (the ceiling) {ceiling:.3f} over {judge['real_test']['images']} images. "
                   f"Sampler: DDIM {plan['sampling']['steps']}, CFG {plan['sampling']['cfg']:g} (the paper's); "
                   "headroom = (Dice − chance) / (ceiling − chance); the goal is ≥ 0.5 at mask guidance 1.", ""]
@@ -475,7 +495,7 @@ def markdown(results: dict) -> str:
         if not cn:
             continue
         params = cn.get("parameters", {})
-        lines.append(f"| {row['generator']} | `{cn['command']}` | {cn['final'].get('step')} | {plan['controlnet']['lr']:g} "
+        lines.append(f"| {row['generator']} | `{cn['command']}` | {cn['final'].get('step')} | {cn['final'].get('lr', 0):g} "
                      f"| {', '.join(s for s in plan['controlnet']['set'] if 'trainable' in s) or 'ControlNet'} "
                      f"| {params.get('controlnet', 0):,} | {params.get('unet', 0):,} | {params.get('vae', 0):,} "
                      f"| {cn.get('training_seconds') or 0:.0f} |")
@@ -493,17 +513,62 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def export_generators(bench: Bench, results: dict, to: Path) -> list[Path]:
+    """Copy every finished generator's inference folders (its ControlNet run, base run and VAE run,
+    weights and configs only: no checkpoints, logs or pools) to ``to/<dataset>_<generator>/``, with its
+    row of the results as ``metrics.json``, for ``bench/ship_generators.py``. Refuses to replace a folder
+    it did not write (no ``exported_by.json`` in it)."""
+    import shutil
+
+    written = []
+    keep = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "probe.png")
+    for row in results["generators"]:
+        gen = row["generator"]
+        if not (bench.run_path(gen) / "model" / "last" / "controlnet.safetensors").is_file():
+            continue
+        target = to / f"polyps_{gen}"
+        if target.exists():
+            if not (target / "exported_by.json").is_file():
+                raise SystemExit(f"{target} exists and was not written by this script: not replacing it")
+            shutil.rmtree(target)
+        for part, source in (("controlnet", bench.run_path(gen)), ("base", bench.run_path("base")),
+                             ("vae", bench.run_path("vae"))):
+            for name in keep:
+                if (source / name).is_file():
+                    (target / part).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source / name, target / part / name)
+            for folder in ("model/last", "model/vae"):
+                if (source / folder).is_dir():
+                    shutil.copytree(source / folder, target / part / folder)
+        (target / "metrics.json").write_text(json.dumps({
+            "generator": gen, "resolution": bench.plan["resolution"], "judge_ceiling": (results["judge"] or {}).get(
+                "real_test", {}).get("pooled_dice"), "floor": results["floor"], "pools": row["pools"],
+            "quality": row["quality"], "controlnet": row["controlnet"], "vae": results["vae"], "base": results["base"]},
+            indent=2) + "\n")
+        (target / "exported_by.json").write_text(json.dumps({"by": "bench/synth_generators.py export",
+                                                              "source": str(bench.run_path(gen))}) + "\n")
+        written.append(target)
+    return written
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "status", "analyse"])
+    parser.add_argument("action", choices=["run", "status", "analyse", "export"])
     parser.add_argument("--out", help="default: bench/results/synth_generators")
     parser.add_argument("--tiny", action="store_true", help="procedural data, toy sizes (a smoke test)")
     parser.add_argument("--only", nargs="+", help="run only these pieces (e.g. controlnet_law), in this order")
+    parser.add_argument("--to", help="export: folder receiving polyps_<generator>/ (weights for bench/ship_generators.py)")
+    parser.add_argument("--data", help="the polyp dataset folder (default: the plan's ../shared/data/polyps from the "
+                                       "repository root, else /work/shared/data/polyps)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    plan = tiny_plan() if args.tiny else PLAN
+    plan = deepcopy(tiny_plan() if args.tiny else PLAN)
+    if args.data:
+        plan["data"] = str(Path(args.data).resolve())
+    elif not args.tiny and not (ROOT / plan["data"]).is_dir() and Path("/work/shared/data/polyps").is_dir():
+        plan["data"] = "/work/shared/data/polyps"  # a git worktree one level deeper than the main checkout
     out = Path(args.out) if args.out else HERE / "results" / "synth_generators"
     bench = Bench(plan, out)
     command = "python bench/synth_generators.py " + " ".join(sys.argv[1:])
@@ -526,8 +591,13 @@ def main() -> int:
                 bench.finish(name, record)
     results_json = out.parent / f"{out.name}.json" if not args.tiny else out / "results.json"
     results_md = out.parent / f"{out.name}.md" if not args.tiny else out / "results.md"
-    analyse(bench, command, results_json, results_md)
+    results = analyse(bench, command, results_json, results_md)
     print(f"[synth_generators] results: {results_md}", flush=True)
+    if args.action == "export":
+        if not args.to:
+            raise SystemExit("export needs --to FOLDER")
+        for folder in export_generators(bench, results, Path(args.to)):
+            print(f"[synth_generators] exported {folder}", flush=True)
     return 0
 
 
