@@ -389,11 +389,47 @@ def analyse(bench: Bench, command: str, out_json: Path, out_md: Path) -> dict:
 
         figure = plot_probe(runs, bench.out / "probe.png")
         results["probe_figure"] = synth_fair.rel(figure) if figure else None
+    fair = HERE / "results" / "synth_fair" / "compact" / "pieces"
+    curves = {f"{gen} (this run)": synth_fair.probe_records(bench.run_path(gen)) for gen in runs}
+    for gen in plan["generators"]:
+        piece = fair / f"arm_{gen}_seed0.json"
+        if piece.is_file():
+            curves[f"{gen} (synth_fair compact: UNet frozen, lr 2e-4)"] = json.loads(piece.read_text())["probe"]
+    if any(curves.values()):
+        results["probe_comparison"] = synth_fair.rel(plot_probe_comparison(curves, bench.out / "probe_vs_fair.png"))
+        results["probe_curves"] = curves
     if all(bench.finished(pool_name(g, m, 0)) for g in plan["generators"] for m in (1.0, 3.0)):
         results["figure"] = synth_fair.rel(write_figure(bench, bench.out / "figure.png"))
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     out_md.write_text(markdown(results))
     return results
+
+
+def plot_probe_comparison(curves: dict[str, list[dict]], out: Path) -> Path:
+    """Probe gap (shuffled − true ε-MSE) per region over training steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regions = ("lesion", "boundary", "background")
+    fig, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.4), sharey=True)
+    for ax, region in zip(axes, regions):
+        for label, records in curves.items():
+            if records:
+                ax.plot([r["step"] for r in records], [r[f"probe_gap_{region}"] for r in records], marker=".",
+                        ls="--" if "synth_fair" in label else "-", label=label)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(f"{region}: shuffled − true ε-MSE", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("gap (> 0: the mask is used)")
+    axes[-1].legend(fontsize=6)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def write_figure(bench: Bench, out: Path, rows: int = 6) -> Path:
@@ -505,8 +541,14 @@ def markdown(results: dict) -> str:
             lines.append(f"\n{name}: `{piece['command']}` ({piece.get('training_seconds') or piece['seconds']:.0f} s)")
     if judge:
         lines.append(f"\njudge: `{judge['command']}` ({judge.get('training_seconds') or judge['seconds']:.0f} s)")
-    if results.get("probe_figure"):
-        lines += ["", f"Probe curves (shuffled − true ε-MSE on 16 held-out pairs during training): `{results['probe_figure']}`"]
+    if results.get("probe_curves"):
+        lines += ["", "Mask probe (shuffled − true ε-MSE on 16 held-out test pairs, every 100 steps; "
+                  f"`{results.get('probe_comparison')}`):", "",
+                  "| Run | step | gap lesion | gap boundary | gap background |", "|---|---|---|---|---|"]
+        for label, records in results["probe_curves"].items():
+            for r in records:
+                lines.append(f"| {label} | {r['step']} | {r['probe_gap_lesion']:.4f} | {r['probe_gap_boundary']:.4f} "
+                             f"| {r['probe_gap_background']:.4f} |")
     if results.get("figure"):
         lines += [f"Figure (masks | LAW mg1/mg3 | uniform mg1/mg3 | real): `{results['figure']}`"]
     lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
