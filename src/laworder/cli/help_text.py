@@ -51,11 +51,13 @@ EXAMPLES: dict[str, str] = {
     "synth config": "laworder synth config --objective law --gradient-checkpointing > law.yaml",
     "synth vae-dice": "laworder synth vae-dice runs/vae runs/order --limit 50",
     "synth sample": "laworder synth sample runs/law ../shared/data/polyps pools/law --split test --steps 50 --guidance 10\n"
-                    "laworder synth sample --pretrained polyps/law masks/ pools/law   # a generator shipped in the package",
+                    "laworder synth sample --pretrained polyps/law masks/ pools/law   # a generator shipped in the package\n"
+                    "laworder synth sample runs/law ../shared/data/polyps pools/law_x4 --mask-augment 4   # 4 jittered copies per mask",
     "synth list": "laworder synth list",
     "exp run": "laworder exp run table4_augmentation_tiny",
     "exp list": "laworder exp list",
     "exp mask-recovery": "laworder exp mask-recovery runs/order pools/law --out recovery.json",
+    "exp fid": "laworder exp fid pools/law ../shared/data/polyps --split test --out fid.json",
     "exp law-analysis": "laworder exp law-analysis runs/law --out runs/law/analysis",
     "report": "laworder report runs/exp/table4_augmentation     # report.md and report.html",
     "gallery": "laworder gallery out/ -o predictions.html                # a seg predict output over a pair folder\n"

@@ -101,7 +101,7 @@ def _sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, split=args.split, batched_cfg=not args.two_pass, limit=args.limit,
         layout=args.layout, device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
         mask_guidance=pick(args.mask_guidance, "mask_guidance"),
-        resume=args.resume, skip_unreadable=args.skip_unreadable,
+        resume=args.resume, skip_unreadable=args.skip_unreadable, mask_augment=args.mask_augment,
     )
     from laworder.parallel import process_state
 
@@ -200,6 +200,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--two-pass", action="store_true", help="unconditional and conditional passes separately")
     p.add_argument("--limit", type=int, help="only the first N masks")
+    p.add_argument("--mask-augment", type=int, metavar="N",
+                   help="N jittered copies of each mask (shift, scale, rotation, flip; every lesion kept whole "
+                        "and in frame) instead of the masks themselves: N×M new pairs from M masks, each "
+                        "recorded in manifest.json with its source and transform")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--overwrite", action="store_true", help="replace the pool files in a non-empty OUT")
     p.add_argument("--resume", action="store_true", help="continue a killed pool in OUT (same settings)")

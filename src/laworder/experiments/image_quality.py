@@ -41,6 +41,13 @@ def _extractor(weights: str | os.PathLike | None, extractor: Callable | None, de
     return load_fid_inception(weights, device=device or "cpu")
 
 
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        from laworder.errors import ConfigError
+
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
 def real_images_at(records: Sequence, size: int) -> np.ndarray:
     """The records' images as ``N×size×size×3`` uint8, resized as training resizes them."""
     from laworder.data.dataset import load_pair
@@ -132,6 +139,7 @@ def fid_floor(
         MissingWeightsError: no FID weights (the message names the expected files).
         DataError: a split with fewer than 2 images.
     """
+    _check_batch_size(batch_size)
     cache = cache or FeatureCache(_extractor(weights, extractor, device), batch_size)
     first, second = split_records(data, reference_split, layout), split_records(data, other_split, layout)
     n = min(len(first), len(second), count if count is not None else len(first))
@@ -183,6 +191,7 @@ def pool_fid(
     """
     from laworder.experiments.mask_recovery import read_manifest
 
+    _check_batch_size(batch_size)
     pool = Path(pool)
     manifest = read_manifest(pool)
     resolution = int(manifest["resolution"])
