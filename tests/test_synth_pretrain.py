@@ -359,3 +359,37 @@ def test_a_pixel_space_base_takes_a_full_resolution_controlnet(data_dir, tmp_pat
 def test_unet_trainable_without_a_pretrained_unet_is_an_error(data_dir):
     with pytest.raises(ConfigError, match="needs a pretrained UNet"):
         SynthTask(synth_config(data_dir, resolution=16, backbone_kwargs={"preset": "tiny"}, unet_trainable="decoder"))
+
+
+# --- the latent cache (issue 25 item 3) ---------------------------------------------------------
+def test_the_latent_cache_draws_the_latents_encode_draws(data_dir, base_run):
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+    from laworder.synth.latents import LatentCache
+
+    backbone = SynthTask(controlnet_config(data_dir, base_run)).backbone
+    dataset = PairDataset(load_dataset(str(data_dir)).train, size=16, channels=3)
+    cache = LatentCache(dataset, chunk=4)  # chunks of 4 items, batches of 3 in another order
+    indices = torch.tensor([5, 0, 3])
+    images = torch.stack([dataset[int(i)]["image"] for i in indices]) * 2.0 - 1.0
+    expected = backbone.encode(images, torch.Generator().manual_seed(7))
+    got = cache.sample(backbone, indices, torch.Generator().manual_seed(7))
+    assert cache.moments.shape == (6, 8, 4, 4)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_latents_train_like_encoded_ones_and_resume_exactly(data_dir, base_run, tmp_path, monkeypatch):
+    uncached = train_synth(controlnet_config(data_dir, base_run, tmp_path / "uncached", cache_latents=False,
+                                             validation_masks=0, loop={"snapshot_every": 0}))
+    straight = train_synth(controlnet_config(data_dir, base_run, tmp_path / "straight", validation_masks=0,
+                                             loop={"snapshot_every": 0}))
+    losses = [[r["loss"] for r in records(run) if "loss" in r] for run in (uncached, straight)]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+    kill_at_third_step(monkeypatch, SynthTask)
+    with pytest.raises(KeyboardInterrupt):
+        train_synth(controlnet_config(data_dir, base_run, tmp_path / "killed", validation_masks=0, loop={"snapshot_every": 0}))
+    monkeypatch.undo()
+    resumed = train_synth(controlnet_config(data_dir, base_run, tmp_path / "killed", validation_masks=0,
+                                            loop={"snapshot_every": 0, "resume": True}))
+    for folder in ("last", "raw"):
+        assert_same(weights(straight / "model" / folder), weights(resumed / "model" / folder))

@@ -56,6 +56,10 @@ class SynthConfig:
             (0 = off); ``validation_steps`` DDIM steps at CFG ``validation_guidance``, fixed seeds.
         cache_images: keep resized images in memory (``PairDataset(cache=True)``).
         check_data: run ``laworder.data.ensure_valid`` before training.
+        cache_latents: with a VAE (latent backbones), encode every training image once and draw
+            only the latent sample per step (``laworder.synth.latents``): the same targets from
+            the same random draws, without the frozen encoder in every step. False: encode each
+            batch (the path before the cache; also what to use if images were augmented per step).
         loop: the training-loop settings (``laworder.training.LoopConfig``).
     """
 
@@ -79,4 +83,5 @@ class SynthConfig:
     validation_guidance: float = 1.0
     cache_images: bool = True
     check_data: bool = True
+    cache_latents: bool = True
     loop: LoopConfig = field(default_factory=default_loop)

@@ -81,6 +81,8 @@ class SynthTask(TrainTask):
         self.global_step: int | None = None
         self.total_steps: int | None = config.loop.max_steps
         self.probe_set = None  # a ``laworder.synth.probe.ProbeSet`` when ``probe_every`` > 0 (``train_synth``)
+        #: the training images' VAE posteriors, computed once (``cache_latents``; set by ``train_synth``)
+        self.latent_cache = None
         self._branches: dict[str, Callable[..., torch.Tensor]] = {
             "eps_teacher": self._teacher_prediction,
             "eps_image": self._image_branch_prediction,
@@ -98,6 +100,12 @@ class SynthTask(TrainTask):
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         return self.backbone.frozen_modules()
+
+    @property
+    def channels_last(self) -> bool:
+        """Train in channels_last memory when ``loop.channels_last`` is unset: the built-in backbone
+        (measured faster on CPU, ``bench/results/synth_speed.md``); SD 1.5 stays as it was (unmeasured)."""
+        return self.backbone.name == "builtin"
 
     def _objective(self) -> nn.Module:
         return self.modules.get("objective", self.objective)
@@ -120,24 +128,31 @@ class SynthTask(TrainTask):
 
     def training_step(self, batch: dict[str, Any], generator: torch.Generator) -> StepOutput:
         images, masks = self.inputs(batch)
-        eps_pred, target, extra = self.diffusion_forward(images, masks, generator, self.config.cond_drop_prob)
+        targets = None
+        if self.latent_cache is not None and "index" in batch:
+            # the frozen VAE's posterior of these items, encoded once per run: same draws, no encoder
+            targets = self.latent_cache.sample(self.backbone, batch["index"], generator)
+        eps_pred, target, extra = self.diffusion_forward(images, masks, generator, self.config.cond_drop_prob, targets)
         # 7. weighting objective -> loss (in float32: weights are normalised and clamped)
         with torch.autocast(device_type=images.device.type, enabled=False):
             output = self._objective()(eps_pred.float(), target.float(), masks, **extra)
         return StepOutput(output.loss, output.logs)
 
     def diffusion_forward(
-        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, cond_drop_prob: float
+        self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, cond_drop_prob: float,
+        targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Steps 1-6 of a training step: (ε̂, regression target, extra branch predictions).
 
         Every random number comes from ``generator`` (CPU), so a step is a pure function of
-        (batch, generator) and a resumed run repeats it exactly.
+        (batch, generator) and a resumed run repeats it exactly. ``targets``: the encoded images
+        when the caller has them (the latent cache, which drew from ``generator`` like ``encode``).
         """
         backbone = self.backbone
         device, batch_size = images.device, images.shape[0]
         # 1. encode: pixels (built-in) or VAE latents × scaling factor (SD)
-        targets = backbone.encode(images, generator)
+        if targets is None:
+            targets = backbone.encode(images, generator)
         # 2. forward diffusion z_t = √ᾱ_t z_0 + √(1−ᾱ_t) ε (paper eq. 1)
         noise = torch.randn(targets.shape, generator=generator).to(device, targets.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
@@ -329,5 +344,9 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
 
         task.validation = held_out_masks(collection, config.validation_masks, config.resolution)
     dataset = PairDataset(collection.train, size=config.resolution, channels=config.image_channels, cache=config.cache_images)
+    if config.cache_latents and task.backbone.latent_vae is not None:
+        from laworder.synth.latents import LatentCache
+
+        task.latent_cache = LatentCache(dataset)
     result = fit(task, dataset, config.loop, run_config=config)
     return result.run_dir

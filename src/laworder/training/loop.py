@@ -260,7 +260,9 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
     for module in task.frozen_modules().values():
         module.to(accelerator.device)
     if wants_channels_last(task, config.channels_last):
-        to_channels_last(task.modules)  # before DDP wraps the modules and the optimizer sees them
+        # before DDP wraps the modules and the optimizer sees them; the frozen networks too (a VAE,
+        # a frozen UNet the ControlNet's gradient flows back through): their convolutions count
+        to_channels_last({**task.frozen_modules(), **task.modules})
     names = list(task.modules)
     prepared = accelerator.prepare(*[task.modules[n] for n in names])
     prepared = prepared if isinstance(prepared, tuple) else (prepared,)

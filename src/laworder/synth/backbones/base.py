@@ -128,6 +128,27 @@ class Backbone(abc.ABC):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [-1, 1] -> diffusion targets ``B×target_channels×s×s``."""
 
+    @property
+    def latent_vae(self) -> nn.Module | None:
+        """The frozen VAE whose latents are the diffusion targets (None: pixel space)."""
+        return getattr(self, "vae", None)
+
+    @torch.no_grad()
+    def latent_moments(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] -> the VAE posterior's moments ``B×2C×s×s`` (mean, log-variance):
+        deterministic, so ``laworder.synth.latents.LatentCache`` computes them once per image."""
+        vae = self.latent_vae
+        if vae is None:
+            raise TypeError(f"the {self.name} backbone diffuses pixels: it has no VAE posterior to cache")
+        return vae.encode(images.to(vae.dtype)).latent_dist.parameters
+
+    def sample_latents(self, moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Posterior moments -> latent samples × ``scaling_factor``: what ``encode`` returns for the
+        images the moments came from, drawing the same random numbers from ``generator``."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        return DiagonalGaussianDistribution(moments).sample(generator=generator) * float(self.latent_vae.config.scaling_factor)
+
     @abc.abstractmethod
     def decode(self, targets: torch.Tensor) -> torch.Tensor:
         """Diffusion targets -> images in [-1, 1]."""

@@ -1,0 +1,303 @@
+"""ControlNet fine-tuning speed on CPU (issue 25 item 3): today's path against the fast path, side by side.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/synth_speed.py                   # real polyps, 3 rounds
+    OMP_NUM_THREADS=1 .venv/bin/python bench/synth_speed.py --data procedural --steps 6 --rounds 1 --out /tmp/s
+
+The compact fair benchmark's ControlNet stage (``bench/synth_fair.py``, ``COMPACT_PLAN``): 64²
+images, a VAE with block_out_channels [16, 32, 64] (16² latents, 4 channels), the default
+built-in UNet frozen as the base, a ControlNet ``from_unet`` trained with LAW at batch 16,
+lr 2e-4, EMA 0.999. Every network has random weights made here (seed 0; the base is written as
+a ``synth pretrain`` run folder), so nothing trained is needed; the images are the real polyp
+training set (or procedural pairs). Each path is one ``laworder.synth.train_synth`` call with
+the same data, batch, steps and seeds; the paths differ only in the switches below:
+
+    today           cache_latents=False, loop.channels_last=False    (the trainer before this bench)
+    cache           cache_latents=True,  loop.channels_last=False    (one lever)
+    channels_last   cache_latents=False, loop.channels_last=True     (the other lever)
+    fast            the trainer's defaults now (cache_latents=True, channels_last from the task)
+    compiled        fast + loop.compile=True (``--paths``; minutes of compiling per run on 2 cores)
+
+Paths run interleaved in rounds (each round rotates their order) in one process with one
+thread, so the shared machine's load hits every path alike. A step's time is the gap between
+two consecutive ``metrics.jsonl`` records (``log_every=1``: everything the loop does per step,
+EMA and logging included); the first ``--warmup`` steps (set-up, the one-off cache build) are
+left out of the steady-state median and reported apart, with each run's whole wall time.
+Speed-up = ratio of the medians of all steady-state step times of a path over the rounds.
+Loss agreement: per-step losses of each path against ``today`` (same seeds, same batches).
+Writes ``<out>.json`` and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/profile.py shadows stdlib
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+# the shared data next to the integration checkout (a worktree under wt/ sits one level deeper)
+POLYPS = next((p for p in (ROOT.parent / "shared" / "data" / "polyps", ROOT.parent.parent / "shared" / "data" / "polyps")
+               if p.is_dir()), ROOT.parent / "shared" / "data" / "polyps")
+RESOLUTION = 64
+VAE_CHANNELS = (16, 32, 64)  # COMPACT_PLAN["vae"]: block_out_channels=[16,32,64]
+
+PATHS: dict[str, dict[str, Any]] = {
+    "today": {"cache_latents": False, "loop": {"channels_last": False}},
+    "cache": {"cache_latents": True, "loop": {"channels_last": False}},
+    "channels_last": {"cache_latents": False, "loop": {"channels_last": True}},
+    "fast": {},
+    "compiled": {"loop": {"compile": True}},
+}
+
+
+def make_base(work: Path, data: str) -> Path:
+    """A random-weight VAE (diffusers folder) and a random-weight base UNet + embedding written
+    as a finished ``synth pretrain`` run, the shapes of the compact benchmark."""
+    from laworder.config import save_config
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+    from laworder.synth.backbones.builtin import BuiltinBackbone
+    from laworder.synth.config import SynthConfig
+    from laworder.synth.vae import VaeConfig, build_vae, latent_std
+    from laworder.training.checkpoint import write_weights_folder
+
+    base = work / "base"
+    if (base / "model" / "last" / "unet.safetensors").is_file():
+        return base
+    torch.manual_seed(0)
+    vae = build_vae(VaeConfig(resolution=RESOLUTION, block_out_channels=VAE_CHANNELS)).eval()
+    train = PairDataset(load_dataset(data).train, size=RESOLUTION, channels=3)
+    vae.register_to_config(scaling_factor=1.0 / latent_std(vae, train, 64))  # as pretrain-vae measures it
+    vae.save_pretrained(work / "vae", safe_serialization=True)
+    config = SynthConfig(data=data, objective="uniform", stage="base", resolution=RESOLUTION,
+                         backbone_kwargs={"vae": str(work / "vae")})
+    torch.manual_seed(0)
+    backbone = BuiltinBackbone(resolution=RESOLUTION, vae=str(work / "vae"), controlnet=False)
+    write_weights_folder(base / "model" / "last", {name: backbone.modules[name] for name in ("unet", "embedding")}, {})
+    save_config(config, base / "config.yaml")
+    return base
+
+
+def run_config(path: str, base: Path, data: str, out: Path, steps: int, objective: str, batch: int):
+    """The compact benchmark's ControlNet run (``COMPACT_PLAN["controlnet"]``) with ``path``'s switches."""
+    from laworder.synth.config import SynthConfig, default_loop
+
+    switches = PATHS[path]
+    loop = replace(default_loop(), output_dir=str(out), max_steps=steps, batch_size=batch, lr=2e-4, seed=0,
+                   ema_decay=0.999, log_every=1, checkpoint_every=10 * steps, snapshot_every=0, progress=False,
+                   report_to="none", overwrite=True, **switches.get("loop", {}))
+    return SynthConfig(data=data, objective=objective, base=str(base), validation_masks=0, probe_every=0,
+                       check_data=False, loop=loop, **{k: v for k, v in switches.items() if k != "loop"})
+
+
+def one_run(path: str, base: Path, data: str, out: Path, steps: int, objective: str, batch: int) -> dict[str, Any]:
+    """One training run; per step: wall seconds (from ``metrics.jsonl``) and this process's CPU
+    seconds (stamped into each log record: with one thread it is the work done, whatever else
+    the shared machine runs meanwhile)."""
+    from laworder.synth.task import train_synth
+    from laworder.training import loop
+
+    append_log = loop._append_log
+
+    def stamped(accelerator, log_path, record):  # bench instrumentation only: the record gains cpu_time
+        append_log(accelerator, log_path, {**record, "cpu_time": time.process_time()} if "loss" in record else record)
+
+    loop._append_log = stamped
+    started, cpu_started = time.time(), time.process_time()
+    try:
+        run = train_synth(run_config(path, base, data, out, steps, objective, batch))
+    finally:
+        loop._append_log = append_log
+    wall = time.time() - started
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in records if "loss" in r]
+    times, cpu = [r["time"] for r in records], [r["cpu_time"] for r in records]
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    return {"losses": [r["loss"] for r in records], "step_seconds": [b - a for a, b in zip([0.0, *times], times)],
+            "step_cpu_seconds": [b - a for a, b in zip([cpu_started, *cpu], cpu)],
+            "wall_seconds": wall, "cpu_seconds": time.process_time() - cpu_started,
+            "compiled": info.get("compiled"), "compile_fallback": info.get("compile_fallback")}
+
+
+def summarise(path_runs: list[dict[str, Any]], reference: list[float], warmup: int, batch: int) -> dict[str, Any]:
+    """Medians over every steady-state step of every round (wall and CPU), loss agreement."""
+    steady = [s for r in path_runs for s in r["step_seconds"][warmup:]]
+    steady_cpu = [s for r in path_runs for s in r["step_cpu_seconds"][warmup:]]
+    median, median_cpu = statistics.median(steady), statistics.median(steady_cpu)
+    first = path_runs[0]
+    return {
+        "median_step_seconds": median, "samples_per_second": batch / median,
+        "median_step_cpu_seconds": median_cpu, "samples_per_cpu_second": batch / median_cpu,
+        "round_medians": [statistics.median(r["step_seconds"][warmup:]) for r in path_runs],
+        "round_cpu_medians": [statistics.median(r["step_cpu_seconds"][warmup:]) for r in path_runs],
+        "median_first_step_seconds": statistics.median(r["step_seconds"][0] for r in path_runs),
+        "median_wall_seconds": statistics.median(r["wall_seconds"] for r in path_runs),
+        "median_run_cpu_seconds": statistics.median(r["cpu_seconds"] for r in path_runs),
+        "loss_agreement_vs_today": agreement(reference, first["losses"]),
+        "rounds_identical": all(r["losses"] == first["losses"] for r in path_runs),
+        "losses": first["losses"], "step_seconds": [r["step_seconds"] for r in path_runs],
+        "step_cpu_seconds": [r["step_cpu_seconds"] for r in path_runs],
+        "compiled": first["compiled"], "compile_fallback": first["compile_fallback"],
+    }
+
+
+def agreement(reference: list[float], other: list[float]) -> dict[str, float]:
+    diffs = [abs(a - b) for a, b in zip(reference, other)]
+    scale = statistics.fmean(abs(a) for a in reference)
+    return {"max_abs_diff": max(diffs), "mean_abs_diff": statistics.fmean(diffs), "mean_loss": scale,
+            "max_rel_diff": max(diffs) / scale, "bitwise_equal": reference == other}
+
+
+def frozen_gradient_check(base: Path, data: str, objective: str, batch: int) -> dict[str, Any]:
+    """One fast-path step outside the loop: which parameters get a gradient, and how many
+    convolution backward calls compute a weight gradient vs an input gradient only."""
+    from laworder.data.dataset import PairDataset
+    from laworder.data.layouts import load_dataset
+    from laworder.synth.latents import LatentCache
+    from laworder.synth.task import SynthTask
+
+    config = run_config("fast", base, data, Path("unused"), 1, objective, batch)
+    torch.manual_seed(0)
+    task = SynthTask(config)
+    dataset = PairDataset(load_dataset(data).train, size=RESOLUTION, channels=3, cache=True)
+    task.latent_cache = LatentCache(dataset)
+    items = [dataset[i] for i in range(batch)]
+    batch_dict = {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in ("image", "mask", "index")}
+    task.latent_cache.build(task.backbone, torch.device("cpu"))
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        task.training_step(batch_dict, torch.Generator().manual_seed(0)).loss.backward()
+    counts = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::convolution_backward", "aten::mkldnn_convolution")}
+    grads = {name: sum(p.grad is not None for p in module.parameters())
+             for name, module in {**task.modules, **task.frozen_modules()}.items()}
+    trainable = {name: sum(p.requires_grad for p in module.parameters())
+                 for name, module in {**task.modules, **task.frozen_modules()}.items()}
+    processors = sorted({type(p).__name__ for p in task.backbone.network("unet").attn_processors.values()})
+    return {"parameters_with_grad": grads, "parameters_requiring_grad": trainable, "op_calls": counts,
+            "unet_attention_processors": processors}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# ControlNet fine-tuning speed on CPU (issue 25 item 3)", "",
+        f"Command: `{result['command']}`", "",
+        f"{result['setup']}", "",
+        "| path | s/step (wall, median) | samples/s | speed-up vs today (wall) | per-round speed-ups | "
+        "CPU s/step (median) | speed-up vs today (CPU) | first step s | run wall s | run CPU s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in result["paths"].items():
+        rounds = ", ".join(f"{x:.2f}" for x in row["round_speedups_vs_today"])
+        lines.append(f"| {name} | {row['median_step_seconds']:.3f} | {row['samples_per_second']:.2f} | "
+                     f"{row['speedup_vs_today']:.2f}× | {rounds} | {row['median_step_cpu_seconds']:.3f} | "
+                     f"{row['cpu_speedup_vs_today']:.2f}× | {row['median_first_step_seconds']:.2f} | "
+                     f"{row['median_wall_seconds']:.1f} | {row['median_run_cpu_seconds']:.1f} |")
+    lines += ["", "Loss curves against `today` (per-step loss, same seeds and batches):", "",
+              "| path | max abs diff | mean abs diff | max diff / mean loss | bitwise equal | rounds identical |",
+              "|---|---:|---:|---:|---|---|"]
+    for name, row in result["paths"].items():
+        agree = row["loss_agreement_vs_today"]
+        lines.append(f"| {name} | {agree['max_abs_diff']:.2e} | {agree['mean_abs_diff']:.2e} | "
+                     f"{agree['max_rel_diff']:.2e} | {agree['bitwise_equal']} | {row['rounds_identical']} |")
+    check = result.get("frozen_gradient_check")
+    if check:
+        lines += ["", "One fast-path step: parameters with a gradient / parameters requiring one, per network: "
+                  + ", ".join(f"{k} {check['parameters_with_grad'][k]}/{check['parameters_requiring_grad'][k]}"
+                              for k in check["parameters_with_grad"])
+                  + f"; op calls {check['op_calls']}; UNet attention processors {check['unet_attention_processors']}."]
+    lines += ["", result["notes"], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(POLYPS), help="dataset folder or 'procedural' (default: the polyps)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the steady-state median")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--objective", default="law")
+    parser.add_argument("--paths", default="today,cache,channels_last,fast", help="comma-separated, from " + ",".join(PATHS))
+    parser.add_argument("--work", default=None, help="folder for the random base and the runs (default: a temporary one)")
+    parser.add_argument("--out", default=str(HERE / "results" / "synth_speed"), help="writes OUT.json and OUT.md")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT.md (and the notes) from OUT.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        result = json.loads(out.with_suffix(".json").read_text())
+        result["notes"] = NOTES
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(result))
+        return 0
+    paths = args.paths.split(",")
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or "today" not in paths:
+        parser.error(f"--paths must include 'today' and name only {sorted(PATHS)}; got {args.paths}")
+    if args.steps <= args.warmup + 1:
+        parser.error("--steps must exceed --warmup + 1")
+    data = args.data if args.data.startswith("procedural") else str(Path(args.data).resolve())
+    if data == "procedural":
+        data = f"procedural:48:{RESOLUTION}:0:6"
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(args.work) if args.work else Path(scratch)
+        base = make_base(work, data)
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+        for round_index in range(args.rounds):
+            order = paths[round_index % len(paths):] + paths[:round_index % len(paths)]
+            for path in order:
+                run = one_run(path, base, data, work / "runs" / path, args.steps, args.objective, args.batch_size)
+                runs[path].append(run)
+                steady = statistics.median(run["step_seconds"][args.warmup:])
+                cpu = statistics.median(run["step_cpu_seconds"][args.warmup:])
+                print(f"[synth_speed] round {round_index} {path}: {steady:.3f} s/step steady ({cpu:.3f} CPU s), "
+                      f"{run['wall_seconds']:.1f} s wall, final loss {run['losses'][-1]:.5f}", flush=True)
+        check = frozen_gradient_check(base, data, args.objective, args.batch_size)
+    reference = runs["today"][0]["losses"]
+    rows = {path: summarise(path_runs, reference, args.warmup, args.batch_size) for path, path_runs in runs.items()}
+    for row in rows.values():
+        row["speedup_vs_today"] = rows["today"]["median_step_seconds"] / row["median_step_seconds"]
+        row["cpu_speedup_vs_today"] = rows["today"]["median_step_cpu_seconds"] / row["median_step_cpu_seconds"]
+        row["round_speedups_vs_today"] = [t / f for t, f in zip(rows["today"]["round_medians"], row["round_medians"])]
+    result = {
+        "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/synth_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "setup": (f"{RESOLUTION}² images ({data if data.startswith('procedural') else Path(data).name}), VAE {list(VAE_CHANNELS)} "
+                  f"-> 16² latents, built-in default UNet frozen as the base, ControlNet from_unet trained with "
+                  f"{args.objective}, batch {args.batch_size}, lr 2e-4, EMA 0.999, AdamW, {args.steps} steps × "
+                  f"{args.rounds} rounds per path, seed 0, random weights (seed 0), {torch.get_num_threads()} thread(s)."),
+        "data": data, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "batch_size": args.batch_size,
+        "objective": args.objective, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(), "paths": rows, "frozen_gradient_check": check,
+        "notes": NOTES,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+NOTES = (
+    "Notes. Synthesis training applies no augmentation to the images, so caching the frozen VAE's "
+    "posterior per image is exact (no dihedral views needed): the cached path draws the same latent "
+    "sample from the same generator. The base UNet's parameters require no gradient, so autograd "
+    "computes no weight gradient for them; it back-propagates through the UNet's up path only to "
+    "reach the ControlNet residuals (its down path does not depend on the ControlNet and records "
+    "nothing). The UNet's attention already runs through PyTorch's fused SDPA (diffusers' "
+    "AttnProcessor2_0)."
+)
+
+if __name__ == "__main__":
+    raise SystemExit(main())
