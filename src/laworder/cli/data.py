@@ -7,11 +7,12 @@ from pathlib import Path
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from laworder.data.check import check_dataset
     from laworder.errors import DataError
 
     if not str(args.path).startswith("procedural") and not Path(args.path).exists():
         raise DataError(f"{args.path}: no such dataset folder (or give a procedural[:N[:SIZE[:SEED]]] spec)")
+    from laworder.data.check import check_dataset
+
     report = check_dataset(args.path, args.layout)
     print(report.format())
     return 0 if report.ok else 1

@@ -25,20 +25,34 @@ def _seg_print_config(args: argparse.Namespace) -> int:
     return print_config(config)
 
 
+def _checked_seg_config(args: argparse.Namespace):
+    """The config, with every value checked that needs no torch (before the training code is imported):
+    a bad value or a missing data folder is answered at once; the training code checks again."""
+    from laworder.data.source import check_data_source
+    from laworder.seg.validate import check_seg_values
+
+    config = _seg_config(args)
+    check_data_source(config.data)  # first: the loop check imports torch for the optimizer names
+    check_seg_values(config)
+    return config
+
+
 def _seg_train(args: argparse.Namespace) -> int:
+    config = _checked_seg_config(args)
     from laworder.progress import fmt
     from laworder.seg.train import train_segmenter
 
-    run = train_segmenter(_seg_config(args))
+    run = train_segmenter(config)
     print(f"run folder: {run.run_dir}  (train {run.num_train}, val {run.num_val}, extra {run.num_extra}; "
           f"best {fmt(run.fit.best_metric)} at step {run.fit.best_step})")
     return 0
 
 
 def _seg_protocol(args: argparse.Namespace) -> int:
+    config = _checked_seg_config(args)
     from laworder.seg.protocol import format_protocol, run_protocol
 
-    result = run_protocol(_seg_config(args), seeds=args.seeds, test_data=args.test_data, subsets=args.subset)
+    result = run_protocol(config, seeds=args.seeds, test_data=args.test_data, subsets=args.subset)
     print(format_protocol([result]))
     return 0
 

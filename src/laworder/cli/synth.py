@@ -37,11 +37,23 @@ def _print_config(args: argparse.Namespace) -> int:
     return print_config(config)
 
 
+def _check_light(config) -> None:
+    """The checks that need no torch, before the training code is imported: a bad loop value or a
+    missing data folder is answered at once (the training code repeats them)."""
+    from laworder.data.source import check_data_source
+    from laworder.training.validate import check_loop_config
+
+    check_data_source(config.data)  # first: the loop check imports torch for the optimizer names
+    check_loop_config(config.loop)
+
+
 def _train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    _check_light(config)
     from laworder.experiments.figures import plot_probe
     from laworder.synth.task import train_synth
 
-    run_dir = train_synth(_config(args))
+    run_dir = train_synth(config)
 
     probe = plot_probe(run_dir, run_dir / "probe.png")  # only when probe_every > 0
     print(f"run folder: {run_dir}  (weights in model/last (EMA) and model/raw, samples of held-out masks in "
@@ -53,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
 def _pretrain_vae(args: argparse.Namespace) -> int:
     import json
 
-    from laworder.synth.vae import VaeConfig, train_vae
+    from laworder.synth.vae import VaeConfig, train_vae  # VaeConfig lives beside the torch code
 
     extra = {"data": args.data, "resolution": args.resolution, "latent_channels": args.latent_channels}
     run_dir = train_vae(build_config(VaeConfig, args, extra))

@@ -7,14 +7,17 @@ arguments, the image size against the model's input divisor, and the extra pool 
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from laworder.config import check_seed
+from laworder.data.source import check_data_source  # noqa: F401  (part of this module's checks)
 from laworder.errors import ConfigError, DataError
 from laworder.resources import check_batch
 from laworder.seg.config import SegTrainConfig
 from laworder.training.validate import at_least, between, check_loop_config, one_of
+
+if TYPE_CHECKING:  # torch only for the annotations: the value checks run before torch is imported
+    from torch import nn
 
 
 def build_checked_model(config: SegTrainConfig) -> nn.Module:
@@ -39,19 +42,13 @@ def check_image_size(model: nn.Module, image_size: int, model_name: str, where: 
                           f"(nearest: {nearest_valid_size(image_size, divisor)})")
 
 
-def check_data_source(data: str, key: str = "data") -> None:
-    """``data`` is an existing folder or a ``procedural[...]`` spec (its layout is checked later)."""
-    if not str(data).startswith("procedural") and not Path(data).exists():
-        raise DataError(f"{key}: dataset not found: {data} (a dataset folder or procedural[:N[:SIZE[:SEED]]])")
+def check_seg_values(config: SegTrainConfig) -> None:
+    """Every check of ``config`` that needs no model (and no torch): loop, ranges, data folders.
 
-
-def check_seg_config(config: SegTrainConfig) -> nn.Module:
-    """Validate ``config`` (raising ``ConfigError`` / ``DataError`` naming the key); returns the
-    model it describes, freshly built, so the caller need not build it twice."""
-    from laworder.models.registry import MODELS
-
+    The command line runs it before importing the training code, so a bad value or a missing
+    folder is answered at once; ``check_seg_config`` runs it again with the model checks.
+    """
     check_loop_config(config.loop)
-    MODELS.get(config.model)  # "unknown model ...; known: ..." before anything else
     one_of("channels", config.channels, (1, 3))
     at_least("image_size", config.image_size, 1)
     check_batch("loop.batch_size, image_size", config.loop.batch_size, config.image_size, config.channels)
@@ -68,6 +65,16 @@ def check_seg_config(config: SegTrainConfig) -> nn.Module:
     for folder in config.extra_train:
         if not Path(folder).is_dir():
             raise DataError(f"extra_train: {folder} is not a folder (expected a pair folder with images/ and masks/)")
+
+
+def check_seg_config(config: SegTrainConfig) -> nn.Module:
+    """Validate ``config`` (raising ``ConfigError`` / ``DataError`` naming the key); returns the
+    model it describes, freshly built, so the caller need not build it twice."""
+    from laworder.models.registry import MODELS
+
+    check_loop_config(config.loop)
+    MODELS.get(config.model)  # "unknown model ...; known: ..." before the other values
+    check_seg_values(config)
     model = build_checked_model(config)
     check_image_size(model, config.image_size, config.model)
     return model

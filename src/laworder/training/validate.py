@@ -44,8 +44,6 @@ def one_of(where: str, value: Any, choices: Iterable[Any]) -> None:
 
 def check_loop_config(loop: LoopConfig, where: str = "loop") -> None:
     """Every ``LoopConfig`` value in range (names of optimizer / scheduler registered)."""
-    from laworder.training.optim import OPTIMIZERS, SCHEDULERS
-
     if not str(loop.output_dir).strip():
         raise ConfigError(f"{where}.output_dir is empty; give a run folder (--output)")
     at_least(f"{where}.epochs", loop.epochs, 1)
@@ -67,5 +65,7 @@ def check_loop_config(loop: LoopConfig, where: str = "loop") -> None:
     between(f"{where}.ema_decay", loop.ema_decay, 0, 1, "()", optional=True)
     one_of(f"{where}.monitor_mode", loop.monitor_mode, ("max", "min"))
     one_of(f"{where}.mixed_precision", loop.mixed_precision, ("no", "fp16", "bf16"))
+    from laworder.training.optim import OPTIMIZERS, SCHEDULERS  # torch: only once the plain values passed
+
     one_of(f"{where}.optimizer", loop.optimizer, OPTIMIZERS.names())
     one_of(f"{where}.scheduler", loop.scheduler, SCHEDULERS.names())
