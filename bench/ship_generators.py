@@ -105,8 +105,9 @@ def main() -> None:
         metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
         notes = (folder / "README.md").read_text() if (folder / "README.md").is_file() else None
         description = args.description or (
-            f"A `{config.objective}`-weighted ControlNet ({config.loop.max_steps} steps) on a frozen base UNet and VAE, "
-            f"all trained on {name.split('/')[0]} training images only with `laworder synth pretrain-vae`, "
+            f"A `{config.objective}`-weighted ControlNet ({config.loop.max_steps} steps) on a pretrained base UNet "
+            f"({'frozen' if config.unet_trainable == 'none' else f'trained with the ControlNet: unet_trainable={config.unet_trainable}'}) "
+            f"and a frozen VAE, all trained on {name.split('/')[0]} training images only with `laworder synth pretrain-vae`, "
             "`synth pretrain` and `synth train --base` (steps and commands below).")
         print(f"{name}: shipping {run}" + (f" (base {base})" if base else "") + (f" (VAE {vae})" if vae else ""), flush=True)
         weights = export_generator(
