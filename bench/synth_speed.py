@@ -289,15 +289,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-NOTES = (
-    "Notes. Synthesis training applies no augmentation to the images, so caching the frozen VAE's "
-    "posterior per image is exact (no dihedral views needed): the cached path draws the same latent "
-    "sample from the same generator. The base UNet's parameters require no gradient, so autograd "
-    "computes no weight gradient for them; it back-propagates through the UNet's up path only to "
-    "reach the ControlNet residuals (its down path does not depend on the ControlNet and records "
-    "nothing). The UNet's attention already runs through PyTorch's fused SDPA (diffusers' "
-    "AttnProcessor2_0)."
-)
+NOTES = """Notes (measured here, one thread, the shared 2-core machine under a load of 10-17):
+
+- **Wall clock is not usable on this machine today**: the bench got 5-15 % of a core (a 0.6 CPU-s step took
+  6-14 s of wall time), and the load changed between runs, so the wall ratios scatter. Each step's CPU time
+  (this process, one thread) is the work done whatever else runs; the CPU speed-up is the headline number.
+- **What the fast path is**: (1) the frozen VAE's posterior cached once per image (`cache_latents`, on by
+  default): synthesis training applies no augmentation to the images, so this is exact, no dihedral views
+  are needed, and the losses are **bit-identical** to today's path (table above; also tested); the one-off
+  build encodes each training image once at the first step (1450 polyp images ≈ one epoch of encoder
+  work, ~1.5 % of a 1500-step run); (2) channels_last for every network of the built-in backbone, the
+  frozen base UNet and VAE included (losses equal to ~1e-7). Together: about 1.3× fewer CPU seconds per
+  step. **The issue's 2× is not reached.**
+- **Where the remaining step goes** (one-off profiling of the fast path, CPU time): convolutions ~60 % (forward +
+  backward), running at 25-35 GFLOP/s per core, i.e. near this AVX2 core's sgemm speed (32 GFLOP/s), so
+  they are compute-bound, not layout- or overhead-bound. The ControlNet's hint encoder, which runs at the
+  full 64² image resolution (3→16→16→32→32→96→32 channels, two stride-2 steps), costs ~0.15 s of the
+  ~0.59 s step (forward + backward, weight gradients included); the 16²-latent trunks (ControlNet + the
+  frozen UNet's forward and its up path's input-gradient backward) most of the rest; AdamW 34 ms
+  (fused AdamW: 9 ms, not adopted: another optimizer name under `--set loop.optimizer` would receive the
+  flag); GroupNorm/SiLU/attention/Python dispatch the remainder (~2000 top-level ops per step).
+- **Frozen weights**: the base UNet's and VAE's parameters require no gradient and get none (the check line
+  above); autograd runs 78 convolution backwards per step = the ControlNet's convolutions (weight +
+  input gradients) and the frozen UNet's up path and mid block (input gradients only, to reach the
+  residuals); the UNet's down path does not depend on the ControlNet and records nothing. Nothing to remove.
+- **Fused attention**: the UNet and ControlNet already run diffusers' AttnProcessor2_0 (PyTorch SDPA);
+  attention is ~2 % of the step.
+- **Levers measured and not adopted** (one-off profiling of the forward + backward of one batch-16 step,
+  CPU ms, interleaved, not part of this script): GroupNorm kept in NCHW inside a channels_last network
+  (565 vs 531 all channels_last, 585 contiguous: CPU GroupNorm is slower in channels_last at 16², but
+  the layout copies cost more); channels_last on the hint encoder only (583 vs 559 all channels_last,
+  614 contiguous); convolution without oneDNN (im2col + GEMM: 2× slower). `torch.compile`
+  (`loop.compile`, path `compiled` here) did not work on this machine: inductor compiled for over 20
+  minutes under the load, then failed loading its own kernel (`ImportError: ... .so: file too short`,
+  the shared /tmp/torchinductor cache); the loop falls back to eager in that case.
+- **What 2× would take**: moving the mask hint to the latent resolution (hint encoder at 16² instead of
+  64²: removes most of the 0.15 s, but changes the ControlNet's architecture and its trained weights,
+  a model choice for item 2, not a faster path to the same model), plus fused AdamW and a working
+  `torch.compile` for the element-wise remainder.
+"""
 
 if __name__ == "__main__":
     raise SystemExit(main())
