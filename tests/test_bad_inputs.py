@@ -332,6 +332,9 @@ INPUT_CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("symloop-sample-masks", ["synth", "sample", "{synthrun}", "{symloop_file}", "{root}/new_pool", "--steps", "1"], {}),
     ("symloop-nnunet", ["export", "nnunet", "{symloop_file}", "{root}/new_raw", "--id", "501", "--name", "P"], {}),
     ("symloop-synth-train", SYNTH_TRAIN + ["--data", "{symloop_file}"], {}),
+    ("symloop-output-seg", SEG_TRAIN + ["-o", "{symloop_dir}/images"], {}),
+    ("symloop-output-synth", SYNTH_TRAIN + ["-o", "{symloop_dir}/masks"], {}),
+    ("symloop-output-procedural", ["data", "procedural", "{symloop_dir}/images", "--num-images", "2", "--size", "32"], {}),
     # non-finite pixels
     ("nan-image-train", SEG_TRAIN + ["--data", "{nan_data}"], {}),
     ("nan-image-predict", PREDICT + ["{nan_images}", "{root}/o"], {}),

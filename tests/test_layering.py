@@ -27,7 +27,7 @@ PACKAGE = Path(laworder.__file__).parent
 # package's own __init__).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"environment", "resources"},  # environment variables and machine resources, read by the basics
+    {"environment", "paths", "resources"},  # input checks the basics use: variables, real paths, memory bounds
     {"registry", "runlock", "config", "parallel", "progress", "laworder"},  # shared basics
     {"data"},
     {"models", "metrics", "interop"},

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from laworder.errors import RunLockedError
+from laworder.paths import resolve
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def is_locked(folder: str | os.PathLike) -> bool:
     """True when a live process (this one included) holds ``folder``'s lock."""
     import fcntl
 
-    key = Path(folder).resolve()
+    key = resolve(folder)
     if key in _HELD:
         return True
     path = key / LOCK_FILE
@@ -78,7 +79,7 @@ def acquire(folder: str | os.PathLike, what: str = "run") -> None:
     """Take ``folder``'s lock (creating the folder); raises ``RunLockedError`` naming the holder."""
     import fcntl
 
-    key = Path(folder).resolve()
+    key = resolve(folder)
     if key in _HELD:
         _HELD[key][1] += 1
         return
@@ -123,7 +124,7 @@ def release(folder: str | os.PathLike) -> None:
     """Give the lock back (the outermost release removes the lock file)."""
     import fcntl
 
-    key = Path(folder).resolve()
+    key = resolve(folder)
     held = _HELD.get(key)
     if held is None:
         return

@@ -131,7 +131,9 @@ def _check_mask_recovery_outputs(args: argparse.Namespace) -> None:
     if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
         raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
     if args.filter_out:
-        if Path(args.filter_out).resolve() == Path(args.pool).resolve():
+        from laworder.paths import resolve
+
+        if resolve(args.filter_out) == resolve(args.pool):
             raise ConfigError("--filter-out must differ from the pool folder it filters")
         check_output_dir(args.filter_out, args.overwrite, what="--filter-out")
 

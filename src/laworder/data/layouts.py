@@ -42,6 +42,7 @@ from laworder.data.procedural import GENERATOR_VERSION, check_procedural_args, g
 from laworder.data.records import DatasetCollection, PairRecord
 from laworder.data.scan import FolderScan, scan_pair_folder
 from laworder.errors import ConfigError, DataError
+from laworder.paths import resolve
 from laworder.registry import Registry
 
 PRANET_TEST_SUBSETS = ("Kvasir", "CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "CVC-300")
@@ -217,7 +218,7 @@ class Kits19Layout(Layout):
         return Path(source).is_dir() and bool(find_kits19_cases(source))
 
     def parts(self, source: str, cache_dir: Path | None = None) -> list[Part]:
-        src = Path(source).resolve()
+        src = resolve(source)
         digest = hashlib.sha1(str(src).encode()).hexdigest()[:8]
         target = Path(cache_dir or default_cache_dir()) / "kits19" / f"{src.name}-{digest}"
         if target.is_dir():
@@ -338,7 +339,7 @@ def load_dataset(path: str | os.PathLike, layout: str = "auto", cache_dir: str |
         details = "\n".join(f"  - {line}" for line in problems)
         raise DataError(f"{path} ({name} layout) is inconsistent:\n{details}\n"
                         f"Run `laworder data check {path}` for a full report.")
-    label = str(path) if name == "procedural" else Path(path).resolve().name
+    label = str(path) if name == "procedural" else resolve(path).name
     declared = find_labels(label_folders(path, parts))
     return DatasetCollection(name=label, layout=name, train=train, test=test,
                              labels=declared[0] if declared else None)

@@ -34,6 +34,7 @@ from laworder.data.layouts import load_dataset
 from laworder.data.precheck import readable_inputs
 from laworder.errors import ConfigError, DataError
 from laworder.metrics.overlap import mean_std
+from laworder.paths import resolve
 from laworder.seg.evaluate import evaluate_records
 from laworder.seg.loading import load_segmenter
 
@@ -210,7 +211,7 @@ def subset_pool(pool_dir: str | os.PathLike, stems: Iterable[str], out_dir: str 
         _link_or_copy(record.mask, out / "masks" / record.mask.name)
     keep = set(stems)
     items = manifest.get("items")
-    subset = dict(manifest, count=len(stems), source_pool=str(Path(pool_dir).resolve()), **manifest_update)
+    subset = dict(manifest, count=len(stems), source_pool=str(resolve(pool_dir)), **manifest_update)
     if isinstance(items, list):
         subset["items"] = [item for item in items if isinstance(item, dict) and item.get("stem") in keep]
     (out / MANIFEST).write_text(json.dumps(subset, indent=2) + "\n")

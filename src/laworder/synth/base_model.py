@@ -15,6 +15,7 @@ from pathlib import Path
 
 from laworder.config import from_dict, load_yaml
 from laworder.errors import ConfigError, DataError, MissingWeightsError
+from laworder.paths import resolve
 from laworder.synth.backbones import Backbone
 from laworder.synth.config import STAGES, SynthConfig
 
@@ -29,7 +30,7 @@ def read_base_run(path: str | Path) -> tuple[Path, SynthConfig]:
         ConfigError: not a folder, no config.yaml, not a synth config, or a ControlNet run.
         MissingWeightsError: the run has no ``model/last/unet.safetensors`` (not finished).
     """
-    folder = Path(path).expanduser().resolve()
+    folder = resolve(path)
     what = "a `laworder synth pretrain` run folder"
     if not folder.is_dir():
         raise ConfigError(f"--base {path}: no such folder (expected {what})")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from laworder import parallel
 from laworder.config import from_dict, load_yaml
 from laworder.errors import ConfigError, DataError, MissingWeightsError, RunDirError
+from laworder.paths import resolve
 from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone
 from laworder.synth.config import SynthConfig
 
@@ -370,7 +371,7 @@ def sample_pool(
     else:
         backbone, config, weight_files = load_backbone(checkpoint)
         origin = {"method": config.objective, "objective_kwargs": config.objective_kwargs, "backbone": config.backbone,
-                  "checkpoint": str(Path(checkpoint).resolve())}
+                  "checkpoint": str(resolve(checkpoint))}
     if mask_augment is not None:
         items = augment_items(items, mask_augment, seed, backbone.resolution, mask_jitter)
     try:

@@ -18,6 +18,7 @@ from torch import nn
 
 from laworder.config import from_dict
 from laworder.errors import ConfigError, DataError
+from laworder.paths import resolve
 from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone, Residuals
 from laworder.synth.build import build_backbone
 from laworder.synth.config import SynthConfig
@@ -317,7 +318,7 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
         config = from_dict(SynthConfig, config, where="synth config")
     config = resolve_base(config)  # a bad --base fails here, before anything is written
     if config.backbone_kwargs.get("vae"):  # saved absolute, so later runs find it from anywhere
-        vae = str(Path(config.backbone_kwargs["vae"]).expanduser().resolve())
+        vae = str(resolve(config.backbone_kwargs["vae"]))
         config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": vae})
     from laworder.resources import check_batch
     from laworder.training.validate import check_loop_config

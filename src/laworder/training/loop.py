@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from laworder.config import save_config, to_dict
 from laworder.errors import ConfigError, NonFiniteLossError, RunDirError, TrainingInterrupted
+from laworder.paths import resolve
 from laworder.progress import fmt, interactive, say
 from laworder.runlock import run_lock
 from laworder.training import checkpoint as ckpt
@@ -120,7 +121,7 @@ def resolve_resume(config: LoopConfig) -> Path | None:
         return None
     folder = Path(config.resume_from).expanduser()
     root = Path(config.output_dir) / "checkpoints"
-    if folder.resolve().parent != root.resolve() or folder.resolve() not in [p.resolve() for p in ckpt.list_checkpoints(root)]:
+    if resolve(folder).parent != resolve(root) or resolve(folder) not in [resolve(p) for p in ckpt.list_checkpoints(root)]:
         known = ", ".join(p.name for p in ckpt.list_checkpoints(root)) or "none"
         raise RunDirError(
             f"--resume {config.resume_from} is not a checkpoint of this run: expected a complete "
