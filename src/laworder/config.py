@@ -187,8 +187,9 @@ def safe_load_bounded(text: str | bytes, where: str) -> Any:
     Raises:
         ConfigError: a bound exceeded, or not valid YAML (with line and column), naming ``where``.
     """
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters here (ReaderError)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -201,7 +202,8 @@ def safe_load_bounded(text: str | bytes, where: str) -> Any:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = MAX_YAML_BYTES) -> str:
