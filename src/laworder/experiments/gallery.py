@@ -328,7 +328,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;text-align:center;vertical-align:middle}
 th[data-key]{cursor:pointer;background:#eef}th[data-key]:after{content:" \\2195";color:#888}
 th[data-dir=asc]:after{content:" \\2191"}th[data-dir=desc]:after{content:" \\2193"}
-img{display:block;image-rendering:pixelated;max-width:none}td.name{font-family:monospace;text-align:left}
+img{display:block;image-rendering:pixelated;max-width:none;outline:1px solid #999}td.name{font-family:monospace;text-align:left}
 .notes{color:#555}.missing{color:#aaa}
 """
 
