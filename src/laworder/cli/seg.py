@@ -52,7 +52,8 @@ def _seg_protocol(args: argparse.Namespace) -> int:
     config = _checked_seg_config(args)
     from laworder.seg.protocol import format_protocol, run_protocol
 
-    result = run_protocol(config, seeds=args.seeds, test_data=args.test_data, subsets=args.subset)
+    result = run_protocol(config, seeds=args.seeds, test_data=args.test_data, subsets=args.subset,
+                          nsd_tolerance=args.nsd_tolerance)
     print(format_protocol([result]))
     return 0
 
@@ -247,6 +248,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
             p.add_argument("--test-data", help="dataset whose test subsets are scored (default: --data)")
             p.add_argument("--subset", nargs="+", help="only these test subsets")
+            p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="PX",
+                           help="surface Dice tolerance in pixels (default 2); HD95 and NSD join the table")
         p.set_defaults(func=func)
     p = seg.add_parser("evaluate", help="Dice/IoU, HD95 and surface Dice per image, per subset and over subsets")
     p.add_argument("run", nargs="?", help="run folder (or --pretrained NAME)")
