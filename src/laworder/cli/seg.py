@@ -129,7 +129,7 @@ def _onnx_model(args: argparse.Namespace):
 
 def _seg_predict(args: argparse.Namespace) -> int:
     from laworder.data.io import open_image
-    from laworder.data.precheck import check_output_dir, clear_owned, readable_inputs, write_skipped
+    from laworder.data.precheck import readable_inputs
     from laworder.seg.predict import list_images, predict_folder
 
     if args.onnx and args.compile:  # flags first: no model is loaded for a command that cannot run
@@ -144,43 +144,31 @@ def _seg_predict(args: argparse.Namespace) -> int:
         resize = args.resize or "squash"
     files, skipped = readable_inputs(list_images(source), lambda path: open_image(path).close(),
                                      args.skip_unreadable, what="images")
-    from laworder.parallel import process_state, wait
+    from laworder.parallel import process_state
 
-    state = process_state()
-    main_process = state.is_main_process  # under accelerate launch every process runs this
-    if check_output_dir(out, args.overwrite) and main_process:
-        clear_owned(out, PREDICT_OUTPUTS)
-    # every process checks the folder before any process writes into it
-    wait(state)
     written = predict_folder(model, files, out, config.image_size, config.channels, config.threshold,
                              write_overlays=not args.no_overlays, resize=resize, tta=args.tta,
                              save_probabilities=args.save_probabilities, progress=not args.no_progress,
-                             labels=config.labels, compile=args.compile)
-    if main_process:
-        note = f"; skipped {len(skipped)} unreadable, listed in {write_skipped(out, skipped)}" if skipped else ""
+                             labels=config.labels, compile=args.compile, overwrite=args.overwrite, skipped=skipped)
+    if process_state().is_main_process:
+        note = f"; skipped {len(skipped)} unreadable, listed in {Path(out) / 'skipped.json'}" if skipped else ""
         print(f"wrote {len(written)} masks to {Path(out) / 'masks'}{note}")
     return 0
 
 
 def _seg_export(args: argparse.Namespace) -> int:
-    from laworder.seg.export import export_onnx, usage_of
+    from laworder.seg.export import check_export_paths, export_onnx, usage_of
 
     model, config, (out,) = _seg_model(args, args.paths, 2)
     args.out = out
-    if Path(args.out).is_dir():
-        from laworder.errors import RunDirError
-
-        raise RunDirError(f"{args.out} is a folder; give the path of the .onnx file to write")
-    if Path(args.out).exists() and not args.overwrite:
-        from laworder.errors import RunDirError
-
-        raise RunDirError(f"{args.out} exists; pass --overwrite to replace it")
+    run = None if args.pretrained else args.paths[0]
+    check_export_paths(args.out, args.overwrite, run=run)  # the model, its sidecar, the run's own files
     if args.image_size is not None:
         from laworder.seg.validate import check_image_size
 
         check_image_size(model, args.image_size, config.model, where="--image-size")
     report = export_onnx(model, args.out, input_size=args.image_size or config.image_size, channels=config.channels,
-                         progress=not args.no_progress, usage=usage_of(model, config))
+                         progress=not args.no_progress, usage=usage_of(model, config), overwrite=args.overwrite)
     sizes = ", ".join(f"{h}×{w}" for h, w in report.checked_sizes)
     print(f"wrote {report.path} (dynamic H×W; onnxruntime parity at {sizes}: max abs diff {report.max_abs_diff:.2e}; "
           f"settings in its metadata: `laworder seg predict --onnx {report.path} IMAGES OUT` needs no run folder)")

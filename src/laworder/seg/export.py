@@ -132,7 +132,7 @@ def parity_sizes(input_size: int) -> list[tuple[int, int]]:
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, channels: int = 3,
                 opset: int = 17, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0,
-                progress: bool = False, usage: OnnxUsage | None = None) -> ExportReport:
+                progress: bool = False, usage: OnnxUsage | None = None, overwrite: bool = False) -> ExportReport:
     """Export ``model`` (eval mode; batch, height and width dynamic) and check onnxruntime
     against eager PyTorch at two sizes (``parity_sizes``), so ``seg predict --resize pad`` and
     ``sliding`` can feed it any multiple of 32. ``usage`` (:func:`usage_of`) is written into the
@@ -141,10 +141,22 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
     Raises ``LaworderError`` when any logit differs by more than ``atol + rtol·|logit|``
     (``numpy.allclose``'s rule; large networks reach logits of ±50, where float32 round-off
     alone exceeds a fixed 1e-4), at either size. Nothing is left behind in that case.
+
+    The sidecar ``<path>.json`` (input size, opset, parity) is written beside the model: an
+    existing model needs ``overwrite``, and an existing sidecar is replaced only when it is one
+    (``overwrite`` never replaces an unrelated ``.json``); both go through temp files, so a failed
+    export (a full disk) leaves neither.
+
+    Raises:
+        RunDirError: ``path`` is a folder, names the sidecar itself (``m.json``), or exists
+            without ``overwrite``; the sidecar path holds another file. LaworderError: parity.
     """
+    path = Path(path)
+    sidecar = check_export_paths(path, overwrite)
     import onnxruntime as ort
 
-    path = Path(path)
+    from laworder.outputs import atomic_path, write_json_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     generator = torch.Generator().manual_seed(seed)
@@ -156,7 +168,45 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
         from laworder.progress import progress as progress_bar
 
         bar = progress_bar(total=len(steps), desc="export", unit="step", lines=len(steps))
-    tmp = path.with_suffix(".tmp.onnx")
+    with atomic_path(path) as tmp:
+        diff = _export_and_check(model, tmp, examples, sizes, opset, atol, rtol, bar, ort, usage)
+        write_json_atomic(sidecar, {"input_size": input_size, "channels": channels, "opset": opset,
+                                    "dynamic_axes": ["batch", "height", "width"],
+                                    "checked_sizes": [list(s) for s in sizes], "max_abs_diff": diff})
+    if bar is not None:
+        bar.close()
+    return ExportReport(path, diff, input_size, opset, sizes)
+
+
+SIDECAR_KEYS = {"input_size", "channels", "opset", "dynamic_axes"}
+
+
+def check_export_paths(path: str | Path, overwrite: bool) -> Path:
+    """The sidecar path of an export to ``path``, after refusing what it must not replace (writes nothing)."""
+    from laworder.errors import RunDirError
+    from laworder.outputs import check_distinct, check_new_file
+
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    check_new_file(path, overwrite, what="ONNX file")
+    check_distinct({"the ONNX model": path, "its sidecar (the same name with .json)": sidecar})
+    if sidecar.is_dir():
+        raise RunDirError(f"the export's sidecar {sidecar} is a folder; choose another model name")
+    if sidecar.exists() or sidecar.is_symlink():
+        try:
+            ours = SIDECAR_KEYS <= set(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise RunDirError(f"{sidecar} exists and is not an export sidecar: the export would replace it "
+                              "(its metadata is written beside the model); choose another model name")
+        if not overwrite:
+            raise RunDirError(f"the export sidecar {sidecar} exists; pass --overwrite to replace it")
+    return sidecar
+
+
+def _export_and_check(model, tmp: Path, examples, sizes, opset, atol, rtol, bar, ort, usage) -> float:
+    """Export to ``tmp`` and compare onnxruntime with eager PyTorch; the max abs logit difference."""
     axes = {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(model, (examples[0],), str(tmp), input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False)
@@ -172,24 +222,15 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
         try:
             got = session.run(None, {"image": example.numpy()})[0]
         except Exception as exc:  # onnxruntime raises its own types; a fixed-size graph fails here
-            tmp.unlink(missing_ok=True)
             raise LaworderError(f"ONNX export does not run at {height}×{width}: {exc}") from exc
         size_diff = float(np.abs(expected - got).max()) if expected.shape == got.shape else float("inf")
         diff = max(diff, size_diff)
         if not (expected.shape == got.shape and np.allclose(got, expected, rtol=rtol, atol=atol)):
-            tmp.unlink(missing_ok=True)
             raise LaworderError(f"ONNX parity check failed at {height}×{width}: max |torch - onnxruntime| = "
                                 f"{size_diff:.3g} (allowed {atol} + {rtol}·|logit|)")
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps({"input_size": input_size, "channels": channels, "opset": opset,
-                                                     "dynamic_axes": ["batch", "height", "width"],
-                                                     "checked_sizes": [list(s) for s in sizes],
-                                                     "max_abs_diff": diff}, indent=2))
-    return ExportReport(path, diff, input_size, opset, sizes)
+    return diff
 
 
 class OnnxSegmenter:

@@ -129,7 +129,8 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
                    image_size: int, channels: int = 3, threshold: float = 0.5, write_overlays: bool = True,
                    resize: str = "squash", tta: bool = False, save_probabilities: bool = False,
                    progress: bool = False, device: str | torch.device | None = None,
-                   labels: list[str] | None = None, compile: bool = False) -> list[Path]:
+                   labels: list[str] | None = None, compile: bool = False, overwrite: bool = False,
+                   skipped: dict[str, str] | None = None) -> list[Path]:
     """Segment every image in ``source`` (a folder, one file, or a list of files).
 
     Writes ``masks/<stem>.png`` at the image's own size (binary: 0/255; K classes: the class
@@ -144,12 +145,52 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     Under ``accelerate launch`` each process segments every N-th image into the same ``out_dir``
     (``laworder.parallel``) on its own device; every process returns the full list of masks.
     ``device`` defaults to that process device, else CPU.
+
+    ``out_dir`` is checked before anything is written (``laworder.outputs.OutputFolder``): it may
+    not hold or lie inside the images; a non-empty folder needs ``overwrite``, which replaces only
+    what an earlier prediction wrote there (its ``.laworder-manifest.json``), never other files.
+    Two images with one stem (``a.png``, ``a.jpg``) are refused. On an error the new files are
+    removed and the replaced ones put back. ``skipped`` ({path: reason}) goes to ``skipped.json``.
+
+    Raises:
+        ConfigError: unknown ``resize``. DataError: two images with one stem. RunDirError: the folder.
     """
+    from laworder.data.precheck import SKIPPED
+    from laworder.outputs import OutputFolder, atomic_path, check_unique_names
+
     if resize not in RESIZE_MODES:
         raise ConfigError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
     out_dir = Path(out_dir)
     all_files = list(source) if isinstance(source, (list, tuple)) else list_images(source)
+    check_unique_names(all_files, what="images", target="mask name (masks/<stem>.png)")
+    planned = ["masks", "overlays", "probabilities", "labels.json", SKIPPED, PREDICT_RECORD]  # all: a replaced run's extras go too
+    inputs = {"SOURCE": sorted({path.parent for path in all_files}) + all_files}
+    folder = OutputFolder(out_dir, planned, overwrite, what="output", inputs=inputs,
+                          hint="choose an empty folder or pass --overwrite (replaces earlier predictions only)")
+    folder.check()
     state = parallel.process_state()
+    parallel.wait(state)  # every process has checked the folder before the main one prepares it
+    with folder if state.is_main_process else _nothing():
+        parallel.wait(state)
+        written = _predict_files(model, all_files, out_dir, image_size, channels, threshold, write_overlays, resize,
+                                 tta, save_probabilities, progress, device, labels, compile, state, atomic_path)
+        if skipped and state.is_main_process:
+            from laworder.outputs import write_json_atomic
+
+            write_json_atomic(out_dir / SKIPPED, {"count": len(skipped), "skipped": skipped})
+        parallel.wait(state)
+    order = {path.stem: index for index, path in enumerate(all_files)}
+    return sorted(written, key=lambda target: order[target.stem])
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _predict_files(model, all_files, out_dir, image_size, channels, threshold, write_overlays, resize, tta,
+                   save_probabilities, progress, device, labels, compile, state, atomic_path) -> list[Path]:
     device = torch.device(device) if device is not None else (state.device if parallel.is_distributed(state) else "cpu")
     if isinstance(model, torch.nn.Module):
         # a copy with BN folded, channels_last where it pays (compiled with ``compile``); same outputs
@@ -170,28 +211,29 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
         if logits.shape[1] == 1:
             prob = torch.sigmoid(logits)
             predicted = (prob[0, 0] >= threshold).cpu().numpy()
-            write_mask(target, predicted)
+            with atomic_path(target) as tmp:
+                write_mask(tmp, predicted)
         else:
             prob = torch.softmax(logits, dim=1)
             predicted = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
-            write_image(target, predicted)
+            with atomic_path(target) as tmp:
+                write_image(tmp, predicted)
         written.append(target)
         if save_probabilities:
             target_npz = out_dir / "probabilities" / f"{path.stem}.npz"
-            target_npz.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(target_npz, probabilities=probabilities(logits)[0].cpu().numpy().astype(np.float32))
+            with atomic_path(target_npz) as tmp:
+                np.savez_compressed(tmp, probabilities=probabilities(logits)[0].cpu().numpy().astype(np.float32))
         if write_overlays:
             rgb = image if image.shape[2] == 3 else np.repeat(image[..., :1], 3, axis=2)
             picture = overlay(rgb, predicted) if predicted.dtype == bool else overlay_labels(rgb, predicted)
-            write_image(out_dir / "overlays" / f"{path.stem}.png", picture)
+            with atomic_path(out_dir / "overlays" / f"{path.stem}.png") as tmp:
+                write_image(tmp, picture)
     if is_multiclass(labels) and state.is_main_process:
         write_labels(out_dir, labels)
     if state.is_main_process:  # where the images came from, so `laworder gallery` can show them
+        from laworder.outputs import write_json_atomic
+
         record = {"images": [str(Path(path).resolve()) for path in all_files], "image_size": image_size,
                   "channels": channels, "resize": resize, "tta": tta, "threshold": threshold}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / PREDICT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    written = parallel.gather(written, state)
-    parallel.wait(state)
-    order = {path.stem: index for index, path in enumerate(all_files)}
-    return sorted(written, key=lambda target: order[target.stem])
+        write_json_atomic(out_dir / PREDICT_RECORD, record)
+    return parallel.gather(written, state)
