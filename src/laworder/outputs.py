@@ -67,10 +67,10 @@ def check_separate(output: PathLike, inputs: Mapping[str, PathLike | Iterable[Pa
             source = real(path)
             if source == out or out in source.parents:
                 raise RunDirError(f"{label} {path} lies inside the {what} {output}: writing there could replace it; "
-                                  f"choose an {what} outside the inputs")
+                                  "choose a folder outside the inputs")
             if source in out.parents and label not in containers:
                 raise RunDirError(f"the {what} {output} lies inside {label} {path}: its outputs would mix with the "
-                                  f"input; choose an {what} outside it")
+                                  "input; choose a folder outside it")
 
 
 def check_unique_names(paths: Iterable[PathLike], name: Callable[[Path], str] = lambda p: p.stem,
@@ -102,6 +102,27 @@ def check_new_file(path: PathLike, overwrite: bool, what: str = "output", flag: 
         raise RunDirError(f"{what} {path} is a folder; give the path of the file to write")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise RunDirError(f"{what} {path} exists; choose another path or pass {flag} to replace it")
+
+
+@contextlib.contextmanager
+def restoring(*paths: PathLike | None) -> Iterator[None]:
+    """``with restoring(a, b):`` if the block fails, each file is put back as it was before it (a
+    new file removed, a replaced one restored): single-file outputs written before a later step."""
+    saved = {}
+    for path in paths:
+        if path is not None:
+            path = Path(path)
+            saved[path] = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        for path, data in saved.items():
+            with contextlib.suppress(OSError):
+                if data is None:
+                    path.unlink(missing_ok=True)
+                elif not path.is_file() or path.read_bytes() != data:
+                    write_bytes_atomic(path, data)
+        raise
 
 
 def _with_path(exc: OSError, path: Path) -> OSError:
@@ -214,15 +235,18 @@ class OutputFolder:
     ``check()`` validates and writes nothing; ``with folder:`` (re)checks, moves the owned entries
     it replaces aside, writes the manifest, and on leaving either commits (drops the old entries)
     or, on an exception, removes what the block created and puts the old entries back.
-    ``resume=True`` keeps the owned entries (continuing a killed command's outputs).
+    ``resume=True`` keeps the owned entries (continuing a killed command's outputs);
+    ``keep_on_interrupt`` leaves the outputs of a Ctrl-C'd block in place for such a resume.
     """
 
     def __init__(self, folder: PathLike, planned: Iterable[str], overwrite: bool = False, what: str = "output",
                  inputs: Mapping[str, Any] | None = None, containers: Iterable[str] = (), resume: bool = False,
-                 command: str | None = None, hint: str = "choose an empty folder or pass --overwrite"):
+                 command: str | None = None, hint: str = "choose an empty folder or pass --overwrite",
+                 keep_on_interrupt: bool = False):
         self.folder = Path(folder)
         self.planned = list(dict.fromkeys(str(Path(p)) for p in planned))
         self.overwrite, self.what, self.resume, self.hint = overwrite, what, resume, hint
+        self.keep_on_interrupt = keep_on_interrupt
         self.inputs, self.containers = dict(inputs or {}), tuple(containers)
         self.command = command if command is not None else " ".join(["laworder", *sys.argv[1:]])
         self._replaced: list[str] = []
@@ -306,8 +330,8 @@ class OutputFolder:
             if backup.exists():
                 shutil.rmtree(backup, ignore_errors=True)
             return
-        if kind is KeyboardInterrupt and self.resume is not None and not self._replaced:
-            return  # a killed command's owned outputs stay (``--resume`` / ``--overwrite`` continue or replace them)
+        if self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt):
+            return  # an interrupted command's outputs stay, owned, for ``--resume`` (or ``--overwrite``)
         with contextlib.suppress(OSError):
             for entry in self.planned:
                 _remove(folder / entry)

@@ -63,6 +63,34 @@ def inference_device(state, device: str | torch.device | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(device: str | torch.device | None, what: str = "device") -> torch.device | None:
+    """``device`` parsed and present on this machine (``None`` stays ``None``), checked before any
+    write: ``--device cuda`` on a CPU-only torch is refused here, not after the outputs are started.
+
+    Raises:
+        ConfigError: not a torch device, or not available here.
+    """
+    from laworder.errors import ConfigError
+
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}={device!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{what}={device!r}: this torch sees no CUDA device (torch {torch.__version__}); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"{what}={device!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{what}={device!r}: MPS is not available here; use cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{what}={device!r}: laworder runs on cpu, cuda or mps")
+    return parsed
+
+
 def batches_of(items: Sequence[T], batch_size: int) -> list[list[T]]:
     """Consecutive batches of ``batch_size`` items (the last may be shorter)."""
     return [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]

@@ -64,13 +64,18 @@ def _exp_mask_recovery(args: argparse.Namespace) -> int:
               + (" ..." if len(scores["skipped"]) > 5 else "") + (f" (all listed in {args.out})" if args.out else ""))
     print(f"{scores['pool']} ({scores['method']}, {scores['count']} pairs): mask Dice "
           f"{scores['dice']['mean']:.3f} ± {scores['dice']['std']:.3f}, IoU {scores['iou']['mean']:.3f} ± {scores['iou']['std']:.3f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(scores, indent=2))
-        print(f"wrote {args.out}")
+    from laworder.outputs import restoring
+
+    with restoring(args.out):  # a failed --filter-out puts the previous --out back (or removes the new one)
+        if args.out:
+            from laworder.outputs import write_json_atomic
+
+            write_json_atomic(args.out, scores)
+            print(f"wrote {args.out}")
+        if args.filter_min_dice is not None:
+            out = filter_pool(args.pool, args.segmenter, args.filter_min_dice, args.filter_out, args.image_size,
+                              overwrite=args.overwrite, scores=scores)
     if args.filter_min_dice is not None:
-        out = filter_pool(args.pool, args.segmenter, args.filter_min_dice, args.filter_out, args.image_size,
-                          overwrite=args.overwrite, scores=scores)
         kept = json.loads((out / "manifest.json").read_text())["filter"]
         print(f"filtered pool: {out} (kept {kept['kept']} of {kept['source_count']} pairs with Dice >= {args.filter_min_dice})")
     return 0
@@ -123,19 +128,17 @@ def _exp_fid(args: argparse.Namespace) -> int:
 
 def _check_mask_recovery_outputs(args: argparse.Namespace) -> None:
     """--out and --filter-out checked before anything is scored or written."""
-    from pathlib import Path
 
-    from laworder.data.precheck import check_output_dir
-    from laworder.errors import ConfigError, RunDirError
+    from laworder.experiments.mask_recovery import subset_output
+    from laworder.outputs import check_new_file, check_separate
 
-    if args.out and Path(args.out).exists() and (Path(args.out).is_dir() or not args.overwrite):
-        raise RunDirError(f"--out {args.out} exists; choose another file or pass --overwrite")
+    if args.out:
+        check_new_file(args.out, args.overwrite, what="--out")
+        check_separate(args.out, {"the pool": args.pool}, what="--out file")
     if args.filter_out:
-        from laworder.paths import resolve
-
-        if resolve(args.filter_out) == resolve(args.pool):
-            raise ConfigError("--filter-out must differ from the pool folder it filters")
-        check_output_dir(args.filter_out, args.overwrite, what="--filter-out")
+        subset_output(args.pool, args.filter_out, args.overwrite).check()
+    if args.out and args.filter_out:
+        check_separate(args.out, {"--filter-out": args.filter_out}, what="--out file")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

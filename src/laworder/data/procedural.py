@@ -203,3 +203,32 @@ def generate_procedural(
         write_labels(root, ["background"] + [f"lesion_{k}" for k in range(1, num_classes)])
     (root / "procedural.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
+
+
+PROCEDURAL_ENTRIES = ("images", "masks", "procedural.json", "labels.json")
+
+
+def write_procedural(root: str | os.PathLike, num_images: int = 200, size: int = 128, seed: int = 0,
+                     num_classes: int = 2, overwrite: bool = False) -> Path:
+    """``laworder data procedural``: :func:`generate_procedural` into a folder it may write.
+
+    A non-empty ``root`` needs ``overwrite``, which replaces only an earlier procedural dataset
+    written there (its ``.laworder-manifest.json``), never other files; a failed write (a full
+    disk) removes what it wrote and puts the earlier dataset back.
+
+    Raises:
+        ConfigError: bad counts or sizes. RunDirError: ``root`` is a file, or not empty (without
+            ``overwrite``, or holding files laworder did not write).
+    """
+    from laworder.outputs import OutputFolder
+
+    if num_images < 1:
+        raise ConfigError(f"num_images must be >= 1, got {num_images}")
+    try:  # size, seed and classes checked before any write
+        procedural_pair(0, size=size, seed=seed, num_classes=num_classes)
+    except ValueError as exc:
+        raise ConfigError(f"data procedural: {exc}") from None
+    folder = OutputFolder(root, PROCEDURAL_ENTRIES, overwrite, what="output",
+                          hint="choose an empty folder or pass --overwrite (replaces an earlier procedural dataset only)")
+    with folder:
+        return generate_procedural(root, num_images=num_images, size=size, seed=seed, num_classes=num_classes)

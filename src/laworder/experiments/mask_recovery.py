@@ -34,6 +34,7 @@ from laworder.data.layouts import load_dataset
 from laworder.data.precheck import readable_inputs
 from laworder.errors import ConfigError, DataError
 from laworder.metrics.overlap import mean_std
+from laworder.outputs import write_json_atomic
 from laworder.paths import resolve
 from laworder.seg.evaluate import evaluate_records
 from laworder.seg.loading import load_segmenter
@@ -183,6 +184,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def subset_output(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False):
+    """The ``OutputFolder`` a subset of ``pool_dir`` is written to (``check()`` it before scoring:
+    it refuses the pool itself, a folder inside it or holding it, and files laworder did not write)."""
+    from laworder.outputs import OutputFolder
+
+    return OutputFolder(out_dir, ("images", "masks", MANIFEST), overwrite, what="--filter-out folder",
+                        inputs={"the pool": pool_dir},
+                        hint="choose an empty folder or pass --overwrite (replaces an earlier filtered pool only)")
+
+
 def subset_pool(pool_dir: str | os.PathLike, stems: Iterable[str], out_dir: str | os.PathLike,
                 manifest_update: dict[str, Any], overwrite: bool = False) -> Path:
     """Write the pairs ``stems`` of a pool as a new pool (files hard-linked where possible).
@@ -191,7 +202,8 @@ def subset_pool(pool_dir: str | os.PathLike, stems: Iterable[str], out_dir: str 
     ``stems``, ``source_pool`` set, and ``manifest_update`` merged in.
 
     Raises:
-        DataError: a stem the pool does not hold, or ``out_dir`` not empty without ``overwrite``.
+        DataError: a stem the pool does not hold. RunDirError: ``out_dir`` not empty without
+            ``overwrite``, holding files laworder did not write, or overlapping the pool.
     """
     manifest = read_manifest(pool_dir)
     records = {r.stem: r for r in load_dataset(pool_dir, "pairs").train}
@@ -200,21 +212,19 @@ def subset_pool(pool_dir: str | os.PathLike, stems: Iterable[str], out_dir: str 
     if unknown:
         raise DataError(f"{pool_dir} holds no pair(s) {unknown[:5]}")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"{out} is not empty; use another folder or overwrite=True")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stem in stems:
-        record = records[stem]
-        _link_or_copy(record.image, out / "images" / record.image.name)
-        _link_or_copy(record.mask, out / "masks" / record.mask.name)
+    folder = subset_output(pool_dir, out, overwrite)
+    folder.check()
     keep = set(stems)
     items = manifest.get("items")
     subset = dict(manifest, count=len(stems), source_pool=str(resolve(pool_dir)), **manifest_update)
     if isinstance(items, list):
         subset["items"] = [item for item in items if isinstance(item, dict) and item.get("stem") in keep]
-    (out / MANIFEST).write_text(json.dumps(subset, indent=2) + "\n")
+    with folder:  # an earlier subset written here (its manifest) is replaced, put back if this one fails
+        for stem in stems:
+            record = records[stem]
+            _link_or_copy(record.image, out / "images" / record.image.name)
+            _link_or_copy(record.mask, out / "masks" / record.mask.name)
+        write_json_atomic(out / MANIFEST, subset)
     return out
 
 

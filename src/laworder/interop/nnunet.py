@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,9 @@ from laworder.data.records import PairRecord
 from laworder.errors import ConfigError, DataError, RunDirError
 
 FILE_ENDING = ".png"
+# what an export writes into Dataset{id}_{name} (an earlier export's entries are replaced, nothing else)
+DATASET_ENTRIES = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", "dataset.json", "laworder_splits_final.json",
+                   "skipped.json")
 LABELS = {"background": 0, "lesion": 1}
 CHANNEL_NAMES = {3: {"0": "R", "1": "G", "2": "B"}, 1: {"0": "gray"}}
 SYNTHETIC_PREFIX = "syn_"
@@ -144,8 +146,12 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
     folder = Path(out_root) / f"Dataset{dataset_id:03d}_{name}"
     if Path(out_root).exists() and not Path(out_root).is_dir():
         raise RunDirError(f"nnUNet_raw folder {out_root} is a file; choose a folder path")
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise RunDirError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
+    from laworder.outputs import OutputFolder
+
+    sources = {"the real dataset": [] if str(real).startswith("procedural") else [real], "--extra": list(extra)}
+    output = OutputFolder(folder, DATASET_ENTRIES, overwrite, what="dataset folder", inputs=sources,
+                          hint="pass overwrite=True (--overwrite) to replace an earlier export")
+    output.check()
 
     collection = load_dataset(real, layout)
     real_cases = [Case(_case_id("", r.stem), r, "real") for r in collection.train]
@@ -171,40 +177,43 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
     real_cases = [case for case in real_cases if case.case_id not in bad]
     synthetic = [case for case in synthetic if case.case_id not in bad]
     test_cases = [case for case in test_cases if case.case_id not in bad]
-    if folder.exists():
-        shutil.rmtree(folder)
-    write_skipped(folder, skipped)
-
+    output.inputs["pair"] = sorted({Path(p).parent for case in training + test_cases
+                                    for p in (case.record.image, case.record.mask)})
+    output.check()  # the pairs' own folders too (a dataset given by a file list or a layout elsewhere)
     # The dataset's declared classes (laworder.data.labels) become nnU-Net's labels; binary: background/lesion.
     names = collection.labels if is_multiclass(collection.labels) else list(LABELS)
     if is_multiclass(names):
         for pool in extra:
             if load_dataset(pool, "auto").labels != names:
                 raise DataError(f"extra pool {pool} does not declare the classes {names} of {real}")
-    for case in training:
-        _write_case(case, folder / "imagesTr", folder / "labelsTr", channels, image_size, len(names))
-    for case in test_cases:
-        _write_case(case, folder / "imagesTs", folder / "labelsTs", channels, image_size, len(names))
-    dataset_json = {
-        "channel_names": CHANNEL_NAMES[channels],
-        "labels": {name: value for value, name in enumerate(names)},
-        "numTraining": len(training),
-        "file_ending": FILE_ENDING,
-        "overwrite_image_reader_writer": "NaturalImage2DIO",
-        "name": name,
-        "description": f"exported by laworder from {real}" + (f" + synthetic pools {list(extra)}" if extra else ""),
-        "laworder": {
-            "real": str(real), "extra": [str(p) for p in extra], "extra_limit": extra_limit,
-            "num_real": len(real_cases), "num_synthetic": len(synthetic), "num_test": len(test_cases),
-            "synthetic_prefix": SYNTHETIC_PREFIX, "image_size": image_size,
-            "splits": "laworder_splits_final.json (validation real only)",
-        },
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n")
-    (folder / "laworder_splits_final.json").write_text(json.dumps(real_only_folds(real_cases, synthetic), indent=2) + "\n")
-    problems = verify_nnunet_dataset(folder)
-    if problems:
-        raise DataError(f"{folder} fails nnU-Net's dataset checks:\n" + "\n".join(f"  - {p}" for p in problems))
+    from laworder.outputs import write_json_atomic
+
+    with output:  # the folder's earlier export (its manifest) moved aside, put back if this one fails
+        write_skipped(folder, skipped)
+        for case in training:
+            _write_case(case, folder / "imagesTr", folder / "labelsTr", channels, image_size, len(names))
+        for case in test_cases:
+            _write_case(case, folder / "imagesTs", folder / "labelsTs", channels, image_size, len(names))
+        dataset_json = {
+            "channel_names": CHANNEL_NAMES[channels],
+            "labels": {name: value for value, name in enumerate(names)},
+            "numTraining": len(training),
+            "file_ending": FILE_ENDING,
+            "overwrite_image_reader_writer": "NaturalImage2DIO",
+            "name": name,
+            "description": f"exported by laworder from {real}" + (f" + synthetic pools {list(extra)}" if extra else ""),
+            "laworder": {
+                "real": str(real), "extra": [str(p) for p in extra], "extra_limit": extra_limit,
+                "num_real": len(real_cases), "num_synthetic": len(synthetic), "num_test": len(test_cases),
+                "synthetic_prefix": SYNTHETIC_PREFIX, "image_size": image_size,
+                "splits": "laworder_splits_final.json (validation real only)",
+            },
+        }
+        write_json_atomic(folder / "dataset.json", dataset_json)
+        write_json_atomic(folder / "laworder_splits_final.json", real_only_folds(real_cases, synthetic))
+        problems = verify_nnunet_dataset(folder)
+        if problems:
+            raise DataError(f"{folder} fails nnU-Net's dataset checks:\n" + "\n".join(f"  - {p}" for p in problems))
     return folder
 
 

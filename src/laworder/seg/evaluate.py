@@ -145,9 +145,30 @@ def format_boundary_markdown(result: EvalResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_eval(result: EvalResult, out_dir: str | Path, title: str = "") -> Path:
+EVAL_FILES = ("eval.json", "eval.md")
+
+
+def eval_output(out_dir: str | Path, overwrite: bool = False, run: str | Path | None = None,
+                data: str | Path | None = None):
+    """The ``OutputFolder`` ``seg evaluate`` writes ``eval.json`` / ``eval.md`` to; ``check()`` it
+    before scoring: an earlier evaluation there needs ``overwrite`` (and is replaced only where
+    laworder wrote it), the folder may not hold the data, and may lie inside the run only."""
+    from laworder.outputs import OutputFolder
+
+    inputs = {"RUN": run, "--data": None if data is None or str(data).startswith("procedural") else data}
+    return OutputFolder(out_dir, EVAL_FILES, overwrite, what="evaluation folder", inputs=inputs, containers=("RUN",),
+                        hint="choose another --out or pass --overwrite to replace the earlier evaluation")
+
+
+def write_eval(result: EvalResult, out_dir: str | Path, title: str = "", output=None) -> Path:
+    """``eval.json`` + ``eval.md`` in ``out_dir`` (each through a temp file); ``output`` (from
+    :func:`eval_output`) replaces an earlier evaluation only as that folder allows."""
+    import contextlib
+
+    from laworder.outputs import write_json_atomic, write_text_atomic
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result.to_json(), indent=2))
-    (out_dir / "eval.md").write_text(format_markdown(result, title))
+    with output if output is not None else contextlib.nullcontext():
+        write_json_atomic(out_dir / "eval.json", result.to_json())
+        write_text_atomic(out_dir / "eval.md", format_markdown(result, title))
     return out_dir

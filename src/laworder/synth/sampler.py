@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +336,7 @@ def sample_pool(
     """
     from laworder.data.io import read_mask
     from laworder.data.precheck import readable_inputs, write_skipped
+    from laworder.outputs import OutputFolder
     from laworder.runlock import run_lock
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -355,8 +356,12 @@ def sample_pool(
     _, skipped = readable_inputs([item.path for item in items], read_mask, skip_unreadable, what="masks")
     items = [item for item in items if str(item.path) not in skipped]  # every mask read before anything is written
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunDirError(f"pool folder {out_dir} is a file; choose a folder path")
+    inputs = {"the masks": [masks] if isinstance(masks, (str, os.PathLike)) and not str(masks).startswith("procedural")
+              else [], "mask": sorted({Path(item.path).parent for item in items}), "the checkpoint": checkpoint}
+    folder = OutputFolder(out_dir, (*POOL_FILES, POOL_STATE), overwrite, what="pool", inputs=inputs,
+                          containers=("the checkpoint",), keep_on_interrupt=True, resume=resume,
+                          hint="pass --resume to continue a killed pool or --overwrite to replace it")
+    folder.check()
     if (checkpoint is None) == (pretrained is None):
         raise ConfigError("give a trained run (checkpoint) or a shipped generator (pretrained), not both or neither")
     if pretrained is not None:
@@ -374,10 +379,7 @@ def sample_pool(
                   "checkpoint": str(resolve(checkpoint))}
     if mask_augment is not None:
         items = augment_items(items, mask_augment, seed, backbone.resolution, mask_jitter)
-    try:
-        torch.device(device) if device is not None else None
-    except RuntimeError as exc:
-        raise ConfigError(f"device={device!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
+    parallel.check_device(device)
     settings = {"checkpoint_sha256": files_sha256(weight_files), "seed": seed, "steps": steps,
                 "guidance_scale": guidance_scale, "mask_guidance": mask_guidance, "eta": eta, "batch_size": batch_size, "batched_cfg": batched_cfg,
                 "resolution": backbone.resolution, "stems": [item.stem for item in items]}
@@ -385,16 +387,14 @@ def sample_pool(
         settings["mask_augment"] = {"copies": mask_augment, "jitter": dataclasses.asdict(mask_jitter)}
     state = parallel.process_state()
     continuing = _check_pool_folder(out_dir, settings, overwrite, resume)
+    folder.resume = continuing
     parallel.wait(state)  # every process has checked the folder before the main one locks and clears it
-    # Under `accelerate launch` the main process holds the lock and clears; each process takes whole batches.
-    with run_lock(out_dir, "synth sample") if state.is_main_process else contextlib.nullcontext():
-        if state.is_main_process and not continuing:
-            for name in (*POOL_FILES, POOL_STATE):
-                target = out_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+    # Under `accelerate launch` the main process holds the lock and prepares the folder (replaced pool
+    # files moved aside, put back if sampling fails); each process takes whole batches.
+    main = state.is_main_process
+    with run_lock(out_dir, "synth sample") if main else contextlib.nullcontext(), \
+            folder if main else contextlib.nullcontext():
+        if main and not continuing:
             _write_json(out_dir / POOL_STATE, settings)
         if state.is_main_process:
             write_skipped(out_dir, skipped)
@@ -453,9 +453,9 @@ POOL_FILES = ("images", "masks", MANIFEST, "skipped.json")
 
 
 def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    from laworder.outputs import write_json_atomic
+
+    write_json_atomic(path, record)
 
 
 def _check_pool_folder(out_dir: Path, settings: dict, overwrite: bool, resume: bool) -> bool:
@@ -493,6 +493,7 @@ def _sample_batches(sampler: MaskConditionedSampler, batches: list[list[MaskItem
     """Sample the batches whose files are not all on disk yet (batches fixed by position, so a
     resumed pool groups masks exactly as an uninterrupted one)."""
     from laworder.data.io import write_image, write_mask
+    from laworder.outputs import atomic_path
 
     size = sampler.backbone.resolution
     if progress:  # a bar on a terminal, a few plain lines in a log
@@ -509,7 +510,5 @@ def _sample_batches(sampler: MaskConditionedSampler, batches: list[list[MaskItem
             # each file under a temporary name first: a kill leaves whole files or none
             for sub, write, value in (("images", write_image, np.round(pixel * 255).astype(np.uint8)),
                                       ("masks", write_mask, mask[0].numpy() > 0.5)):
-                final = out_dir / sub / f"{item.stem}.png"
-                tmp = final.with_name(f".{item.stem}.tmp.png")
-                write(tmp, value)
-                tmp.replace(final)
+                with atomic_path(out_dir / sub / f"{item.stem}.png") as tmp:
+                    write(tmp, value)
