@@ -356,6 +356,136 @@ INPUT_CASES: list[tuple[str, list[str], dict[str, str]]] = [
 ]
 CASES += INPUT_CASES
 
+# Issue 24 item 2: never destroy what laworder did not write. Each row aims a writer at an input,
+# at a folder laworder did not write, or at names that collide; the harness hashes every file
+# under the fixture root before and after, so "nothing changed" covers every input file.
+SAMPLE_TO = ["synth", "sample", "{synthrun}", "{data}"]
+S1 = ["--steps", "1", "--limit", "2", "--device", "cpu"]
+FILTER = RECOVERY + ["{pool}", "--filter-min-dice", "0"]
+NEVER_DESTROY: list[tuple[str, list[str], dict[str, str]]] = [
+    # synth sample: the pool over, inside, around or beside its own masks / run / foreign files
+    ("sample-into-its-dataset", SAMPLE_TO + ["{data}", "--overwrite"] + S1, {}),
+    ("sample-into-its-dataset-no-overwrite", SAMPLE_TO + ["{data}"] + S1, {}),
+    ("sample-inside-its-dataset", SAMPLE_TO + ["{data}/pool"] + S1, {}),
+    ("sample-into-its-masks-folder", ["synth", "sample", "{synthrun}", "{data}/masks", "{data}/masks", "--overwrite"] + S1, {}),
+    ("sample-masks-folder-into-parent", ["synth", "sample", "{synthrun}", "{data}/masks", "{data}", "--overwrite"] + S1, {}),
+    ("sample-into-its-run", SAMPLE_TO + ["{synthrun}", "--overwrite"] + S1, {}),
+    ("sample-around-its-run", SAMPLE_TO + ["{root}", "--overwrite"] + S1, {}),
+    ("sample-into-symlinked-dataset", SAMPLE_TO + ["{data_link}", "--overwrite"] + S1, {}),
+    ("sample-via-symlink-into-dataset", ["synth", "sample", "{synthrun}", "{data_link}", "{data}", "--overwrite"] + S1, {}),
+    ("sample-overwrite-foreign-folder", SAMPLE_TO + ["{nonempty}", "--overwrite"] + S1, {}),
+    ("sample-overwrite-predictions", SAMPLE_TO + ["{pred_out}", "--overwrite"] + S1, {}),
+    ("sample-overwrite-nnunet-folder", SAMPLE_TO + ["{nnunet_existing}", "--overwrite"] + S1, {}),
+    ("sample-resume-foreign-folder", SAMPLE_TO + ["{nonempty}", "--resume"] + S1, {}),
+    # seg predict: ground truth, sources and other commands' outputs are never replaced
+    ("predict-into-dataset-overwrite", PREDICT + ["{data}/images", "{data}", "--overwrite"], {}),
+    ("predict-into-dataset", PREDICT + ["{data}/images", "{data}"], {}),
+    ("predict-dataset-into-itself", PREDICT + ["{data}", "{data}", "--overwrite"], {}),
+    ("predict-inside-source", PREDICT + ["{images}", "{images}/preds"], {}),
+    ("predict-into-source", PREDICT + ["{images}", "{images}", "--overwrite"], {}),
+    ("predict-one-file-into-its-folder", PREDICT + ["{images}/a.png", "{images}", "--overwrite"], {}),
+    ("predict-overwrite-foreign-folder", PREDICT + ["{images}", "{nonempty}", "--overwrite"], {}),
+    ("predict-into-run", PREDICT + ["{images}", "{segrun}", "--overwrite"], {}),
+    ("predict-around-run", PREDICT + ["{images}", "{root}", "--overwrite"], {}),
+    ("predict-duplicate-stems", PREDICT + ["{dupes}", "{root}/o"], {}),
+    ("predict-duplicate-stems-overwrite", PREDICT + ["{dupes}", "{pred_out}", "--overwrite"], {}),
+    ("predict-into-symlinked-dataset", PREDICT + ["{data}/images", "{data_link}", "--overwrite"], {}),
+    ("predict-overwrite-pool", PREDICT + ["{images}", "{pool}", "--overwrite"], {}),
+    ("predict-overwrite-procedural", PREDICT + ["{images}", "{proc}", "--overwrite"], {}),
+    ("predict-overwrite-eval-folder", PREDICT + ["{images}", "{eval_out}", "--overwrite"], {}),
+    ("predict-existing-without-overwrite", PREDICT + ["{images}", "{pred_out}"], {}),
+    # export nnunet: the source inside the target, the target inside the source, foreign folders
+    ("nnunet-source-inside-target", ["export", "nnunet", "{raw_src}/Dataset501_Polyps", "{raw_src}", "--id", "501",
+                                     "--name", "Polyps", "--overwrite"], {}),
+    ("nnunet-target-inside-source", ["export", "nnunet", "{data}", "{data}/raw", "--id", "501", "--name", "Polyps"], {}),
+    ("nnunet-target-is-source", ["export", "nnunet", "{data}", "{root}", "--id", "1", "--name", "data", "--overwrite"], {}),
+    ("nnunet-extra-inside-target", NNUNET[:3] + ["{raw_pool}", "--id", "502", "--name", "P", "--extra",
+                                                 "{raw_pool}/Dataset502_P", "--overwrite"], {}),
+    ("nnunet-overwrite-foreign-dataset", ["export", "nnunet", "{data}", "{nnunet_existing}", "--id", "501",
+                                          "--name", "Polyps", "--overwrite"], {}),
+    ("nnunet-via-symlink", ["export", "nnunet", "{data_link}", "{data}", "--id", "501", "--name", "Polyps"], {}),
+    # exp mask-recovery: --filter-out and --out against the pool and foreign files
+    ("recovery-filter-into-pool", FILTER + ["--filter-out", "{pool}", "--overwrite"], {}),
+    ("recovery-filter-inside-pool", FILTER + ["--filter-out", "{pool}/kept"], {}),
+    ("recovery-filter-around-pool", FILTER + ["--filter-out", "{root}", "--overwrite"], {}),
+    ("recovery-filter-overwrite-foreign", FILTER + ["--filter-out", "{nonempty}", "--overwrite"], {}),
+    ("recovery-filter-into-dataset", FILTER + ["--filter-out", "{data}", "--overwrite"], {}),
+    ("recovery-filter-overwrite-predictions", FILTER + ["--filter-out", "{pred_out}", "--overwrite"], {}),
+    ("recovery-out-is-pool-manifest", RECOVERY + ["{pool}", "--out", "{pool}/manifest.json", "--overwrite"], {}),
+    ("recovery-out-inside-pool", RECOVERY + ["{pool}", "--out", "{pool}/scores.json"], {}),
+    ("recovery-out-inside-filter-out", FILTER + ["--filter-out", "{root}/kept", "--out", "{root}/kept/s.json"], {}),
+    ("recovery-out-is-folder", RECOVERY + ["{pool}", "--out", "{nonempty}", "--overwrite"], {}),
+    # seg export: the model and its sidecar collide with each other, foreign files, the run
+    ("export-model-named-like-sidecar", ["seg", "export", "{segrun}", "{root}/m.json"], {}),
+    ("export-sidecar-foreign", ["seg", "export", "{segrun}", "{root}/scores.onnx"], {}),
+    ("export-sidecar-foreign-overwrite", ["seg", "export", "{segrun}", "{root}/scores.onnx", "--overwrite"], {}),
+    ("export-sidecar-is-folder", ["seg", "export", "{segrun}", "{sidedir}"], {}),
+    ("export-over-run-config", ["seg", "export", "{segrun}", "{segrun}/config.yaml", "--overwrite"], {}),
+    ("export-over-run-weights", ["seg", "export", "{segrun}", "{segrun}/model/best/model.safetensors", "--overwrite"], {}),
+    ("export-over-run-folder", ["seg", "export", "{segrun}", "{segrun}", "--overwrite"], {}),
+    # training: the run folder over or inside its data, or a foreign folder with run-like names
+    ("seg-train-into-data", SEG_TRAIN + ["-o", "{data}", "--overwrite"], {}),
+    ("seg-train-inside-data", SEG_TRAIN + ["-o", "{data}/run"], {}),
+    ("seg-train-overwrite-foreign", SEG_TRAIN + ["-o", "{fake_run}", "--overwrite"], {}),
+    ("seg-train-around-extra-pool", SEG_TRAIN + ["--set", "extra_train=[{pool}]", "-o", "{root}", "--overwrite"], {}),
+    ("seg-train-into-symlinked-data", SEG_TRAIN + ["-o", "{data_link}", "--overwrite"], {}),
+    ("synth-train-into-data", SYNTH_TRAIN + ["-o", "{data}", "--overwrite"], {}),
+    ("synth-train-inside-data", SYNTH_TRAIN + ["-o", "{data}/synth"], {}),
+    ("synth-train-overwrite-foreign", SYNTH_TRAIN + ["-o", "{fake_run}", "--overwrite"], {}),
+    # seg evaluate --out and data procedural: no silent overwrite, never over data
+    ("evaluate-out-exists", ["seg", "evaluate", "{segrun}", "--out", "{eval_out}", "--no-progress"], {}),
+    ("evaluate-out-foreign", ["seg", "evaluate", "{segrun}", "--out", "{nonempty}", "--overwrite"], {}),
+    ("evaluate-out-is-data", ["seg", "evaluate", "{segrun}", "--data", "{data}", "--out", "{data}", "--overwrite"], {}),
+    ("evaluate-out-inside-data", ["seg", "evaluate", "{segrun}", "--data", "{data}", "--out", "{data}/ev"], {}),
+    ("evaluate-out-over-predictions", ["seg", "evaluate", "{segrun}", "--out", "{pred_out}", "--overwrite"], {}),
+    ("evaluate-out-is-file", ["seg", "evaluate", "{segrun}", "--out", "{file}", "--overwrite"], {}),
+    ("procedural-existing", ["data", "procedural", "{proc}", "--num-images", "2", "--size", "32"], {}),
+    ("procedural-overwrite-foreign", ["data", "procedural", "{nonempty}", "--num-images", "2", "--size", "32",
+                                      "--overwrite"], {}),
+    ("procedural-overwrite-dataset", ["data", "procedural", "{data}", "--num-images", "2", "--size", "32",
+                                      "--overwrite"], {}),
+    ("procedural-overwrite-predictions", ["data", "procedural", "{pred_out}", "--num-images", "2", "--size", "32",
+                                          "--overwrite"], {}),
+]
+
+# Issue 24 item 3: a failed command leaves everything as it was (validated before the first write).
+LEFT_AS_IT_WAS: list[tuple[str, list[str], dict[str, str]]] = [
+    ("seg-resume-other-model", SEG_TRAIN[:-2] + ["-o", "{segrun}", "--resume", "--model", "order"], {}),
+    ("seg-resume-empty-trainer-state", SEG_TRAIN[:-2] + ["-o", "{damaged_state_empty}", "--resume"], {}),
+    ("seg-resume-garbage-trainer-state", SEG_TRAIN[:-2] + ["-o", "{damaged_state_garbage}", "--resume"], {}),
+    ("seg-resume-trainer-state-other-step", SEG_TRAIN[:-2] + ["-o", "{damaged_state_step}", "--resume"], {}),
+    ("seg-resume-garbage-optimizer", SEG_TRAIN[:-2] + ["-o", "{damaged_optimizer}", "--resume"], {}),
+    ("seg-resume-missing-rng", SEG_TRAIN[:-2] + ["-o", "{damaged_rng_missing}", "--resume"], {}),
+    ("sample-device-cuda", SAMPLE + ["--device", "cuda"], {}),
+    ("sample-device-cuda-index", SAMPLE + ["--device", "cuda:7"], {}),
+    ("sample-device-unknown-kind", SAMPLE + ["--device", "meta"], {}),
+]
+
+# A full disk (every write raises ENOSPC after the first N files): one line naming the path, no
+# partial or 0-byte file, no lock, and the same command afterwards succeeds (checked by the harness).
+def _full(after: int) -> dict[str, str]:
+    return {"_full_disk_after": str(after)}
+
+
+FULL_DISK: list[tuple[str, list[str], dict[str, str]]] = [
+    ("full-disk-predict-first-write", PREDICT + ["{images}", "{root}/fd_pred", "--no-progress"], _full(0)),
+    ("full-disk-predict-midway", PREDICT + ["{images}", "{root}/fd_pred", "--no-progress"], _full(3)),
+    ("full-disk-predict-overwrite", PREDICT + ["{images}", "{pred_out}", "--overwrite", "--no-progress"], _full(2)),
+    ("full-disk-export-sidecar", ["seg", "export", "{segrun}", "{root}/fd.onnx", "--no-progress"], _full(0)),
+    ("full-disk-sample-first-write", SAMPLE + ["--limit", "2", "--no-progress"], _full(0)),
+    ("full-disk-sample-midway", SAMPLE + ["--limit", "3", "--batch-size", "1", "--no-progress"], _full(3)),
+    ("full-disk-nnunet-first-write", NNUNET, _full(0)),
+    ("full-disk-nnunet-midway", NNUNET, _full(6)),
+    ("full-disk-recovery-out", RECOVERY + ["{pool}", "--out", "{root}/fd_scores.json"], _full(0)),
+    ("full-disk-recovery-filter-out", FILTER + ["--filter-out", "{root}/fd_kept", "--out", "{root}/fd_s.json"], _full(1)),
+    ("full-disk-procedural", ["data", "procedural", "{root}/fd_proc", "--num-images", "3", "--size", "32"], _full(0)),
+    ("full-disk-procedural-midway", ["data", "procedural", "{root}/fd_proc", "--num-images", "3", "--size", "32"], _full(4)),
+    ("full-disk-evaluate", ["seg", "evaluate", "{segrun}", "--out", "{root}/fd_eval", "--no-progress"], _full(1)),
+    ("full-disk-seg-train-config", SEG_TRAIN + ["--no-progress"], _full(0)),
+]
+
+CASES += NEVER_DESTROY + LEFT_AS_IT_WAS + FULL_DISK
+
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
@@ -404,6 +534,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(harness, case_id):
     assert len(lines) == 1 and lines[0].startswith("laworder: error: "), result["stderr"]
     assert "Traceback" not in result["stderr"]
     assert result["changed"] == [], f"{result['argv']} changed {result['changed']}"
+
+
+@pytest.mark.parametrize("case_id", [case[0] for case in FULL_DISK])
+def test_full_disk_names_the_path_and_the_rerun_succeeds(harness, case_id):
+    """ENOSPC: one line with the OS's words and the path; then, with room again, the same command works."""
+    results, root, _ = harness
+    result = results[case_id]
+    assert "No space left on device" in result["stderr"] and str(root) in result["stderr"], result["stderr"]
+    assert result["rerun_code"] == 0, f"rerun blocked: {result['rerun_stderr']!r}"
 
 
 @pytest.mark.parametrize("argv, expected", [

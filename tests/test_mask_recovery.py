@@ -14,7 +14,7 @@ from laworder.cli import main as cli
 from laworder.data.io import read_mask
 from laworder.data.layouts import load_dataset
 from laworder.data.procedural import generate_procedural
-from laworder.errors import ConfigError, DataError
+from laworder.errors import ConfigError, DataError, RunDirError
 from laworder.experiments.mask_recovery import (
     filter_pool,
     mask_recovery,
@@ -101,7 +101,7 @@ def test_filter_pool_keeps_pairs_above_the_threshold_and_records_the_filter(tmp_
     assert np.array_equal(read_mask(out / "masks" / "s2.png"), read_mask(pool / "masks" / "s2.png"))
     with pytest.raises(ConfigError):
         filter_pool(pool, MaskOracle(), 1.5, tmp_path / "bad", image_size=32)
-    with pytest.raises(DataError, match="not empty"):
+    with pytest.raises(RunDirError, match="not empty"):
         filter_pool(pool, MaskOracle(), 0.5, tmp_path / "kept", image_size=32)
 
 

@@ -69,6 +69,7 @@ def test_overwrite_never_deletes_a_locked_run(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "keep.txt").write_text("the other process's work")
+    (run / "config.yaml").write_text("{}\n")  # a laworder run (without it --overwrite is refused anyway)
     holder = _holder(run)
     try:
         with pytest.raises(RunLockedError):

@@ -350,12 +350,9 @@ def load_config(cls: type[C], path: str | os.PathLike | None = None, overrides: 
 
 def save_config(config: Any, path: str | os.PathLike) -> None:
     """Write the resolved config beside a run (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        yaml.safe_dump(to_dict(config), fh, sort_keys=False)
-    os.replace(tmp, path)
+    from laworder.outputs import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))  # no partial file on a full disk
 
 
 # numpy's default_rng takes 0 .. 2**128-1 and refuses negatives; torch's manual_seed takes

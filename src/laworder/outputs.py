@@ -182,10 +182,13 @@ def read_manifest(folder: PathLike) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("entries"), list) else None
 
 
-def owned_entries(folder: PathLike) -> list[str]:
-    """The entries (relative paths) an earlier laworder command wrote into ``folder``."""
+def owned_entries(folder: PathLike, kind: str | None = None) -> list[str]:
+    """The entries (relative paths) an earlier laworder command of ``kind`` wrote into ``folder``
+    (another kind's outputs are not this command's to replace: predictions never replace a pool)."""
     record = read_manifest(folder)
-    return [str(e) for e in record["entries"] if isinstance(e, str) and _safe_rel(e)] if record else []
+    if not record or (kind is not None and record.get("kind") != kind):
+        return []
+    return [str(e) for e in record["entries"] if isinstance(e, str) and _safe_rel(e)]
 
 
 def _safe_rel(entry: str) -> bool:
@@ -242,11 +245,12 @@ class OutputFolder:
     def __init__(self, folder: PathLike, planned: Iterable[str], overwrite: bool = False, what: str = "output",
                  inputs: Mapping[str, Any] | None = None, containers: Iterable[str] = (), resume: bool = False,
                  command: str | None = None, hint: str = "choose an empty folder or pass --overwrite",
-                 keep_on_interrupt: bool = False):
+                 keep_on_interrupt: bool = False, kind: str | None = None):
         self.folder = Path(folder)
         self.planned = list(dict.fromkeys(str(Path(p)) for p in planned))
         self.overwrite, self.what, self.resume, self.hint = overwrite, what, resume, hint
         self.keep_on_interrupt = keep_on_interrupt
+        self.kind = kind or what
         self.inputs, self.containers = dict(inputs or {}), tuple(containers)
         self.command = command if command is not None else " ".join(["laworder", *sys.argv[1:]])
         self._replaced: list[str] = []
@@ -264,14 +268,18 @@ class OutputFolder:
         present = _present(folder)
         if not present:
             return
-        owned = owned_entries(folder)
+        owned = owned_entries(folder, self.kind)
         if not (self.overwrite or self.resume):
             shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
             raise RunDirError(f"{self.what} folder {folder} is not empty ({shown}); {self.hint}")
-        if not owned and read_manifest(folder) is None:
+        record = read_manifest(folder)
+        if record is None:
             shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
             raise RunDirError(f"{self.what} folder {folder} holds files laworder did not write there ({shown}; no "
                               f"{MANIFEST}); it replaces only its own outputs: choose another folder or remove them")
+        if record.get("kind") != self.kind:
+            raise RunDirError(f"{self.what} folder {folder} holds the outputs of `{record.get('kind')}`, not of "
+                              f"`{self.kind}`; it replaces only its own kind of outputs: choose another folder")
         clashes = [entry for entry in self.planned
                    if (folder / entry).exists() and not _covered(entry, owned)]
         clashes += [rel for rel in _foreign(folder, owned) if _covered(rel, self.planned)]
@@ -292,7 +300,7 @@ class OutputFolder:
             backup = folder / BACKUP
             if backup.exists():
                 shutil.rmtree(backup)  # left by a killed command whose manifest lists its entries again
-            for entry in owned_entries(folder):
+            for entry in owned_entries(folder, self.kind):
                 if (folder / entry).exists() or (folder / entry).is_symlink():
                     (backup / entry).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(folder / entry, backup / entry)
@@ -319,8 +327,8 @@ class OutputFolder:
         return target
 
     def _write_manifest(self) -> None:
-        entries = self.planned if not self.resume else sorted(set(self.planned) | set(owned_entries(self.folder)))
-        write_json_atomic(self.folder / MANIFEST, {"tool": "laworder", "command": self.command,
+        entries = self.planned if not self.resume else sorted(set(self.planned) | set(owned_entries(self.folder, self.kind)))
+        write_json_atomic(self.folder / MANIFEST, {"tool": "laworder", "kind": self.kind, "command": self.command,
                                                    "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                    "entries": entries})
 

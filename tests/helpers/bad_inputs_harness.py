@@ -140,6 +140,7 @@ def build_fixtures(root: Path) -> dict[str, str]:
     (root / "nnunet_raw" / "Dataset501_Polyps").mkdir(parents=True)
     (root / "nnunet_raw" / "Dataset501_Polyps" / "dataset.json").write_text("{}\n")
     build_input_fixtures(root, fx)
+    build_safety_fixtures(root, fx)
     return fx
 
 
@@ -262,11 +263,130 @@ def build_input_fixtures(root: Path, fx: dict[str, str]) -> None:
     fx["bad_groups"] = str(bad_groups)
 
 
+def _copy_tree(source: Path, target: Path) -> None:
+    for path in source.rglob("*"):
+        if path.is_file():
+            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            (target / path.relative_to(source)).write_bytes(path.read_bytes())
+
+
+def build_safety_fixtures(root: Path, fx: dict[str, str]) -> None:
+    """Folders the never-destroy / leave-as-it-was cases aim at (issue 24 items 2-3)."""
+    from laworder.cli import main
+
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        assert main(["seg", "predict", fx["segrun"], fx["images"], str(root / "pred_out"), "--no-progress"]) == 0
+        assert main(["seg", "evaluate", fx["segrun"], "--out", str(root / "eval_out"), "--no-progress"]) == 0
+        assert main(["data", "procedural", str(root / "proc"), "--num-images", "2", "--size", "32"]) == 0
+    fx.update(pred_out=str(root / "pred_out"), eval_out=str(root / "eval_out"), proc=str(root / "proc"))
+    dupes = root / "dupes"  # a.png and a.jpg: one masks/a.png
+    dupes.mkdir()
+    (dupes / "a.png").write_bytes((root / "images" / "a.png").read_bytes())
+    from PIL import Image
+
+    Image.open(root / "images" / "b.png").convert("RGB").save(dupes / "a.jpg")
+    fx["dupes"] = str(dupes)
+    fake_run = root / "fake_run"  # a user's folder with run-like names and no config.yaml
+    (fake_run / "model").mkdir(parents=True)
+    (fake_run / "model" / "mine.bin").write_bytes(b"user weights")
+    (fake_run / "metrics.jsonl").write_text('{"step": 1}\n')
+    fx["fake_run"] = str(fake_run)
+    (root / "data_link").symlink_to(Path(fx["data"]), target_is_directory=True)
+    fx["data_link"] = str(root / "data_link")
+    raw_src = root / "raw_src" / "Dataset501_Polyps"  # a source dataset inside the export's target
+    _copy_tree(Path(fx["data"]), raw_src)
+    fx["raw_src"] = str(root / "raw_src")
+    raw_pool = root / "raw_pool" / "Dataset502_P"
+    _copy_tree(Path(fx["pool"]), raw_pool)
+    fx["raw_pool"] = str(root / "raw_pool")
+    (root / "sidedir.json").mkdir()  # a folder where an export's sidecar would go
+    fx["sidedir"] = str(root / "sidedir.onnx")
+    # run copies whose checkpoint is damaged in one way each (resume must refuse before any write)
+    checkpoints = sorted((Path(fx["segrun"]) / "checkpoints").iterdir())
+    assert checkpoints, "the fixture run wrote no checkpoint"
+    damage = {"state_empty": ("trainer_state.json", b"{}"), "state_garbage": ("trainer_state.json", b"\xff\xfe not json"),
+              "state_step": ("trainer_state.json", None), "optimizer": ("optimizer.pt", b"garbage"),
+              "rng_missing": ("rng.pt", b"")}
+    for name, (file, data) in damage.items():
+        run = root / f"damaged_{name}"
+        _copy_tree(Path(fx["segrun"]), run)
+        target = run / "checkpoints" / checkpoints[-1].name / file
+        if name == "state_step":
+            state = json.loads(target.read_text())
+            state["global_step"] += 7
+            data = json.dumps(state).encode()
+        if name == "rng_missing":
+            target.unlink()
+        else:
+            target.write_bytes(data)
+        fx[f"damaged_{name}"] = str(run)
+
+
 def fill(word: str, fx: dict[str, str]) -> str:
     """``{name}`` placeholders -> fixture paths (other braces, as in ``{a: 1}``, stay)."""
     for name, value in fx.items():
         word = word.replace("{" + name + "}", value)
     return word
+
+
+FULL_DISK = "_full_disk_after"  # a case "env" key the harness reads: writes fail with ENOSPC after N opened files
+
+
+@contextlib.contextmanager
+def full_disk(under: Path, after: int):
+    """Every file opened for writing below ``under`` (after the first ``after``) is created empty
+    and its first write raises ``OSError(ENOSPC)``, as on a full disk (builtins/io open, safetensors)."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+    opened = [0]
+    under = Path(os.path.realpath(under))
+
+    class Full:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def write(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        writelines = write
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        writing = any(flag in mode for flag in "wax+")
+        if writing and isinstance(file, (str, os.PathLike)) and under in Path(os.path.realpath(file)).parents:
+            opened[0] += 1
+            if opened[0] > after:
+                return Full(handle)
+        return handle
+
+    import safetensors.torch as st
+
+    real_save = st.save_file
+
+    def fake_save(tensors, filename, *args, **kwargs):
+        opened[0] += 1
+        if opened[0] > after:
+            real_open(filename, "wb").close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    builtins.open, io.open, st.save_file = fake_open, fake_open, fake_save
+    try:
+        yield
+    finally:
+        builtins.open, io.open, st.save_file = real_open, real_open, real_save
 
 
 def run_cases(root: Path, cases: list[dict], fx: dict[str, str]) -> list[dict]:
@@ -278,11 +398,14 @@ def run_cases(root: Path, cases: list[dict], fx: dict[str, str]) -> list[dict]:
         argv = [fill(word, fx) for word in case["argv"]]
         before = {**snapshot(root), **{f"cwd/{k}": v for k, v in snapshot(cwd).items()}}
         out, err = io.StringIO(), io.StringIO()
-        saved_env = {k: os.environ.get(k) for k in case.get("env", {})}
-        os.environ.update({k: fill(v, fx) for k, v in case.get("env", {}).items()})
+        env = dict(case.get("env", {}))
+        fault = env.pop(FULL_DISK, None)
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update({k: fill(v, fx) for k, v in env.items()})
         logging.root.handlers.clear()  # main's basicConfig binds the current (captured) stderr
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                    full_disk(root, int(fault)) if fault is not None else contextlib.nullcontext():
                 try:
                     code = main(argv)
                 except SystemExit as exc:  # --help/--version only; errors must not exit
@@ -300,8 +423,31 @@ def run_cases(root: Path, cases: list[dict], fx: dict[str, str]) -> list[dict]:
             set_max_image_pixels(None)
         after = {**snapshot(root), **{f"cwd/{k}": v for k, v in snapshot(cwd).items()}}
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        results.append({"id": case["id"], "argv": argv, "code": code, "stderr": err.getvalue(), "changed": changed})
+        result = {"id": case["id"], "argv": argv, "code": code, "stderr": err.getvalue(), "changed": changed}
+        if fault is not None:  # the same command on a disk with room again: not blocked by the failed one
+            result["rerun_code"], result["rerun_stderr"] = rerun(main, argv, root, before)
+        results.append(result)
     return results
+
+
+def rerun(main, argv: list[str], root: Path, before: dict[str, str]) -> tuple[object, str]:
+    """Run ``argv`` again without the fault, then remove what it wrote (later cases see the fixtures)."""
+    import shutil
+
+    err = io.StringIO()
+    logging.root.handlers.clear()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except BaseException as exc:  # noqa: BLE001
+            code = f"raised {type(exc).__name__}: {exc}"
+    kept = set(before) | {str(parent) for key in before for parent in Path(key.rstrip("/")).parents}
+    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        rel = str(path.relative_to(root))
+        if rel in kept or rel + "/" in kept or any(parent.is_symlink() for parent in [path, *path.parents]):
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return code, err.getvalue()
 
 
 def main() -> None:

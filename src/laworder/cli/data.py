@@ -19,10 +19,10 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _data_procedural(args: argparse.Namespace) -> int:
-    from laworder.data.procedural import generate_procedural
+    from laworder.data.procedural import write_procedural
 
-    out = generate_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
-                              num_classes=args.classes)
+    out = write_procedural(args.out, num_images=args.num_images, size=args.size, seed=args.seed,
+                           num_classes=args.classes, overwrite=args.overwrite)
     kind = f"{args.classes}-class label maps, labels.json" if args.classes > 2 else "binary masks"
     print(f"wrote {args.num_images} procedural pairs to {out} ({kind})")
     return 0
@@ -50,6 +50,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, default=2,
                    help="classes with the background: 2 = binary masks (default); K > 2 = label maps with K-1 lesion kinds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a procedural dataset written earlier in OUT (never other files)")
     p.set_defaults(func=_data_procedural)
     p = data.add_parser("prepare-kits19", help="KiTS19 NIfTI cases -> pair folder of axial tumour slices")
     p.add_argument("src")

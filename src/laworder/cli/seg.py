@@ -60,7 +60,7 @@ def _seg_protocol(args: argparse.Namespace) -> int:
 
 def _seg_evaluate(args: argparse.Namespace) -> int:
     from laworder.errors import ConfigError
-    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, format_markdown, write_eval
+    from laworder.seg.evaluate import eval_output, evaluate_records, evaluation_subsets, format_markdown, write_eval
 
     from laworder.training.validate import at_least
 
@@ -73,16 +73,19 @@ def _seg_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.pretrained} records no dataset: give --data (the dataset to score)")
     if not args.data and args.pretrained and not data.startswith("procedural") and not Path(data).exists():
         raise ConfigError(f"{args.pretrained} was trained on {data}, which is not here: give --data (the dataset to score)")
+    out = args.out or (Path(args.run) / "eval" if args.run else None)
+    output = eval_output(out, args.overwrite, run=args.run, data=args.data) if out is not None else None
+    if output is not None:
+        output.check()  # before scoring: an earlier evaluation is replaced only with --overwrite
     subsets = evaluation_subsets(data, "auto" if args.data or args.pretrained else config.layout, args.subset)
     result = evaluate_records(model, subsets, config.image_size, config.channels, config.threshold,
                               progress=not args.no_progress, labels=config.labels, compile=args.compile,
                               nsd_tolerance=args.nsd_tolerance)
     print(format_markdown(result, args.pretrained or config.model))
-    out = args.out or (Path(args.run) / "eval" if args.run else None)
     if out is None:
         print("(shipped weights: nothing written; give --out DIR to keep eval.json and eval.md)")
         return 0
-    out = write_eval(result, out, title=args.pretrained or config.model)
+    out = write_eval(result, out, title=args.pretrained or config.model, output=output)
     print(f"wrote {out}/eval.json and eval.md")
     return 0
 
@@ -250,6 +253,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="PX",
                    help="normalised surface Dice tolerance in pixels of the model's input grid (default 2); "
                         "HD95 is reported beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the folder")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

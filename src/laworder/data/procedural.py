@@ -228,7 +228,7 @@ def write_procedural(root: str | os.PathLike, num_images: int = 200, size: int =
         procedural_pair(0, size=size, seed=seed, num_classes=num_classes)
     except ValueError as exc:
         raise ConfigError(f"data procedural: {exc}") from None
-    folder = OutputFolder(root, PROCEDURAL_ENTRIES, overwrite, what="output",
+    folder = OutputFolder(root, PROCEDURAL_ENTRIES, overwrite, what="output", kind="data procedural",
                           hint="choose an empty folder or pass --overwrite (replaces an earlier procedural dataset only)")
     with folder:
         return generate_procedural(root, num_images=num_images, size=size, seed=seed, num_classes=num_classes)

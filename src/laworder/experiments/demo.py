@@ -89,8 +89,14 @@ def run_demo(config: DemoConfig | None = None) -> Path:
     started = time.time()
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    if config.overwrite and (root / "data").is_dir():
-        shutil.rmtree(root / "data")  # the generated data follows the config; regenerate it
+    if config.overwrite:
+        # the generated data follows the config: regenerate it, but delete only folders the demo
+        # generated (procedural.json inside), never a data/ folder of the user's
+        for sub in ("train", "test"):
+            folder = root / "data" / sub
+            if (folder / "procedural.json").is_file() and set(p.name for p in folder.iterdir()) <= {
+                    "images", "masks", "procedural.json", "labels.json"}:
+                shutil.rmtree(folder)
     save_config(config, root / "demo_config.yaml")
     train_dir = generate_procedural(root / "data" / "train", config.num_train, config.image_size, config.data_seed)
     # Test images continue the training sequence: disjoint by construction, distinct stems.

@@ -189,8 +189,8 @@ def subset_output(pool_dir: str | os.PathLike, out_dir: str | os.PathLike, overw
     it refuses the pool itself, a folder inside it or holding it, and files laworder did not write)."""
     from laworder.outputs import OutputFolder
 
-    return OutputFolder(out_dir, ("images", "masks", MANIFEST), overwrite, what="--filter-out folder",
-                        inputs={"the pool": pool_dir},
+    return OutputFolder(out_dir, ("images", "masks", MANIFEST), overwrite, what="--filter-out",
+                        inputs={"the pool": pool_dir}, kind="filtered pool",
                         hint="choose an empty folder or pass --overwrite (replaces an earlier filtered pool only)")
 
 

@@ -149,7 +149,7 @@ def export_nnunet_dataset(real: str, out_root: str | Path, dataset_id: int, name
     from laworder.outputs import OutputFolder
 
     sources = {"the real dataset": [] if str(real).startswith("procedural") else [real], "--extra": list(extra)}
-    output = OutputFolder(folder, DATASET_ENTRIES, overwrite, what="dataset folder", inputs=sources,
+    output = OutputFolder(folder, DATASET_ENTRIES, overwrite, what="dataset", inputs=sources, kind="export nnunet",
                           hint="pass overwrite=True (--overwrite) to replace an earlier export")
     output.check()
 

@@ -156,7 +156,8 @@ def eval_output(out_dir: str | Path, overwrite: bool = False, run: str | Path | 
     from laworder.outputs import OutputFolder
 
     inputs = {"RUN": run, "--data": None if data is None or str(data).startswith("procedural") else data}
-    return OutputFolder(out_dir, EVAL_FILES, overwrite, what="evaluation folder", inputs=inputs, containers=("RUN",),
+    return OutputFolder(out_dir, EVAL_FILES, overwrite, what="evaluation", inputs=inputs, containers=("RUN",),
+                        kind="seg evaluate",
                         hint="choose another --out or pass --overwrite to replace the earlier evaluation")
 
 

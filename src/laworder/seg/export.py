@@ -181,14 +181,22 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int = 256, chann
 SIDECAR_KEYS = {"input_size", "channels", "opset", "dynamic_axes"}
 
 
-def check_export_paths(path: str | Path, overwrite: bool) -> Path:
-    """The sidecar path of an export to ``path``, after refusing what it must not replace (writes nothing)."""
+def check_export_paths(path: str | Path, overwrite: bool, run: str | Path | None = None) -> Path:
+    """The sidecar path of an export to ``path``, after refusing what it must not replace (writes
+    nothing): with ``run`` (the exported run folder) also any of the run's own files."""
     from laworder.errors import RunDirError
-    from laworder.outputs import check_distinct, check_new_file
+    from laworder.outputs import check_distinct, check_new_file, is_within
 
     path = Path(path)
     sidecar = path.with_suffix(".json")
     check_new_file(path, overwrite, what="ONNX file")
+    if run is not None:
+        for target in (path, sidecar):
+            if is_within(run, target):
+                raise RunDirError(f"{target} holds the run {run} being exported; choose another path")
+            if (target.exists() or target.is_symlink()) and is_within(target, run) and target.suffix.lower() != ".onnx" \
+                    and target == path:
+                raise RunDirError(f"{target} is a file of the run {run}, not an ONNX export; choose another path")
     check_distinct({"the ONNX model": path, "its sidecar (the same name with .json)": sidecar})
     if sidecar.is_dir():
         raise RunDirError(f"the export's sidecar {sidecar} is a folder; choose another model name")

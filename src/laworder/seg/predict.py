@@ -165,7 +165,7 @@ def predict_folder(model: Callable[[torch.Tensor], torch.Tensor], source: str | 
     check_unique_names(all_files, what="images", target="mask name (masks/<stem>.png)")
     planned = ["masks", "overlays", "probabilities", "labels.json", SKIPPED, PREDICT_RECORD]  # all: a replaced run's extras go too
     inputs = {"SOURCE": sorted({path.parent for path in all_files}) + all_files}
-    folder = OutputFolder(out_dir, planned, overwrite, what="output", inputs=inputs,
+    folder = OutputFolder(out_dir, planned, overwrite, what="output", inputs=inputs, kind="seg predict",
                           hint="choose an empty folder or pass --overwrite (replaces earlier predictions only)")
     folder.check()
     state = parallel.process_state()

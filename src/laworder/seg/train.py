@@ -22,7 +22,7 @@ from laworder.seg.config import SegTrainConfig
 from laworder.seg.task import SegTask
 from laworder.seg.validate import build_checked_model, check_seg_config
 from laworder.training import FitResult, fit
-from laworder.training.loop import check_run_dir
+from laworder.training.loop import check_run_dir, run_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def train_segmenter(config: SegTrainConfig) -> SegRun:
     """
     loop = config.loop
     check_seg_config(config)  # every value, the model and its image size: before any file is written
-    check_run_dir(Path(loop.output_dir), loop.resume, loop.overwrite)
+    check_run_dir(Path(loop.output_dir), loop.resume, loop.overwrite, inputs=run_inputs(config.data, config.extra_train))
     if config.check_data:
         ensure_valid(config.data, config.layout)
     collection = load_dataset(config.data, config.layout)

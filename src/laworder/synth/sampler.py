@@ -358,7 +358,7 @@ def sample_pool(
     out_dir = Path(out_dir)
     inputs = {"the masks": [masks] if isinstance(masks, (str, os.PathLike)) and not str(masks).startswith("procedural")
               else [], "mask": sorted({Path(item.path).parent for item in items}), "the checkpoint": checkpoint}
-    folder = OutputFolder(out_dir, (*POOL_FILES, POOL_STATE), overwrite, what="pool", inputs=inputs,
+    folder = OutputFolder(out_dir, (*POOL_FILES, POOL_STATE), overwrite, what="pool", inputs=inputs, kind="synth sample",
                           containers=("the checkpoint",), keep_on_interrupt=True, resume=resume,
                           hint="pass --resume to continue a killed pool or --overwrite to replace it")
     folder.check()

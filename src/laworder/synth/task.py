@@ -317,6 +317,9 @@ def train_synth(config: SynthConfig | dict[str, Any]) -> Path:
     if isinstance(config, dict):
         config = from_dict(SynthConfig, config, where="synth config")
     config = resolve_base(config)  # a bad --base fails here, before anything is written
+    from laworder.training.loop import check_run_dir, run_inputs
+
+    check_run_dir(Path(config.loop.output_dir), config.loop.resume, config.loop.overwrite, inputs=run_inputs(config.data))
     if config.backbone_kwargs.get("vae"):  # saved absolute, so later runs find it from anywhere
         vae = str(resolve(config.backbone_kwargs["vae"]))
         config = replace(config, backbone_kwargs={**config.backbone_kwargs, "vae": vae})

@@ -38,8 +38,32 @@ def save_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """State dict -> safetensors (tensors copied to CPU and made contiguous)."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # never a partial weights file
+        if isinstance(exc, OSError) or not isinstance(exc, Exception):
+            raise
+        raise _as_os_error(exc, path) from exc  # safetensors reports a full disk as its own error type
+
+
+def _as_os_error(exc: BaseException, path: Path) -> OSError:
+    """A library's write failure (torch's RuntimeError "file write failed", safetensors' I/O
+    error) as the ``OSError`` it is, naming ``path``; a full disk keeps its ENOSPC."""
+    import errno
+
+    text = str(exc)
+    code = errno.ENOSPC if "space" in text.lower() or "os error 28" in text.lower() else errno.EIO
+    return OSError(code, f"{os.strerror(code)} ({type(exc).__name__}: {text.splitlines()[0] if text else ''})",
+                   str(path))
+
+
+def _torch_save(value: Any, path: Path) -> None:
+    try:
+        torch.save(value, path)
+    except RuntimeError as exc:  # torch's stream writer: "file write failed" on a full disk
+        raise _as_os_error(exc, path) from exc
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
@@ -107,9 +131,9 @@ def write_checkpoint(
         tmp.mkdir()
         for name, module in weights.items():
             save_weights(module, tmp / f"{name}.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(rng_state(), tmp / "rng.pt")
         with open(tmp / STATE_FILE, "w") as fh:
             json.dump(trainer_state, fh, indent=2)
         _swap_into_place(tmp, final)
@@ -142,14 +166,60 @@ def read_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> dict[str, Any]:
-    """Restore everything written by ``write_checkpoint``; returns the trainer state."""
+    """Restore everything written by ``write_checkpoint``; returns the trainer state.
+
+    ``trainer_state.json`` is read and checked first (a dict whose ``global_step`` is the folder's
+    step), so a damaged checkpoint stops the resume before anything is loaded or written.
+
+    Raises:
+        DataError: a file of the checkpoint is unreadable or inconsistent (named in the message).
+        MissingWeightsError / WeightsMismatchError: weights missing or of another model.
+    """
+    state = read_trainer_state(folder)
     for name, module in weights.items():
         load_weights(module, folder / f"{name}.safetensors")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
-    with open(folder / STATE_FILE) as fh:
-        return json.load(fh)
+    for target, name in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt"), (None, "rng.pt")):
+        try:
+            loaded = torch.load(folder / name, weights_only=True)
+            set_rng_state(loaded) if target is None else target.load_state_dict(loaded)
+        except FileNotFoundError:
+            raise DataError(f"{folder / name}: missing from the checkpoint; resume from another one "
+                            "(--resume PATH) or start again with --overwrite") from None
+        except Exception as exc:  # torch raises RuntimeError / UnpicklingError / KeyError / ValueError for damage
+            raise DataError(f"{folder / name}: unreadable or from another optimizer/scheduler "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); resume from "
+                            "another checkpoint (--resume PATH) or start again with --overwrite") from None
+    return state
+
+
+STATE_KEYS = ("epoch", "batch_in_epoch", "global_step")
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """``folder/trainer_state.json``, checked: a JSON object with non-negative integer ``epoch``,
+    ``batch_in_epoch`` and ``global_step``, the step equal to the folder's ``step_N``.
+
+    Raises:
+        DataError: naming the file and what is wrong with it.
+    """
+    path = folder / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; the checkpoint is incomplete") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"{path}: not readable JSON ({exc}); resume from another checkpoint "
+                        "(--resume PATH) or start again with --overwrite") from None
+    bad = [key for key in STATE_KEYS if not isinstance(state, dict) or isinstance(state.get(key), bool)
+           or not isinstance(state.get(key), int) or state[key] < 0] if isinstance(state, dict) else list(STATE_KEYS)
+    if bad:
+        raise DataError(f"{path}: {', '.join(bad)} missing or not a non-negative integer; resume from another "
+                        "checkpoint (--resume PATH) or start again with --overwrite")
+    if folder.name.startswith(PREFIX) and folder.name[len(PREFIX):].isdigit() \
+            and int(folder.name[len(PREFIX):]) != state["global_step"]:
+        raise DataError(f"{path}: global_step {state['global_step']} does not match the folder {folder.name}; "
+                        "resume from another checkpoint (--resume PATH) or start again with --overwrite")
+    return state
 
 
 def write_weights_folder(folder: Path, weights: dict[str, nn.Module], meta: dict[str, Any]) -> Path:

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from laworder.config import save_config, to_dict
-from laworder.errors import ConfigError, NonFiniteLossError, RunDirError, TrainingInterrupted
+from laworder.errors import CheckpointWriteError, ConfigError, NonFiniteLossError, RunDirError, TrainingInterrupted
 from laworder.paths import resolve
 from laworder.progress import fmt, interactive, say
 from laworder.runlock import run_lock
@@ -53,17 +53,37 @@ class FitResult:
     seconds: float
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> list[str]:
+def run_inputs(data: Any, extra: Any = ()) -> dict[str, Any]:
+    """The folders a training run reads (``--data``, ``extra_train``) as ``check_run_dir`` inputs:
+    its run folder may neither hold them (``--overwrite`` would delete them) nor lie inside them."""
+    def folders(value: Any) -> list[str]:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return [str(v) for v in values if isinstance(v, (str, Path)) and v and not str(v).startswith("procedural")]
+
+    return {"--data": folders(data), "extra_train": folders(extra)}
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: dict[str, Any] | None = None) -> list[str]:
     """The run files already in ``run_dir``; raises ``RunDirError`` (writing nothing) when the folder
-    holds another run and neither ``resume`` nor ``overwrite`` is set, or is not a folder."""
+    holds another run and neither ``resume`` nor ``overwrite`` is set, is not a folder, holds or lies
+    inside one of the ``inputs`` (label -> path(s): the data), or would be replaced with
+    ``overwrite`` without being a laworder run (no ``config.yaml``: its ``model/``, ``logs/`` ... are
+    someone else's)."""
+    from laworder.outputs import check_separate
+
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output {run_dir} is a file, not a folder; choose a folder path")
+    if inputs:
+        check_separate(run_dir, inputs, what="run folder")
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not (resume or overwrite):
         raise RunDirError(
             f"{run_dir} already holds a run ({', '.join(existing)}); "
             "pass --resume to continue it or --overwrite to replace it"
         )
+    if existing and overwrite and not resume and not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir} holds {', '.join(existing)} but no config.yaml: not a laworder run, so "
+                          "--overwrite would delete files laworder did not write; choose another folder")
     return existing
 
 
@@ -92,8 +112,17 @@ def _truncate_log(path: Path, after_step: int) -> None:
     """On resume, drop log lines written after the checkpoint so curves have no duplicates."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= after_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    from laworder.outputs import write_text_atomic
+
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            step = json.loads(line).get("step", 0) if line.strip() else None
+        except (ValueError, AttributeError):
+            step = None  # a line cut by a kill: dropped
+        if isinstance(step, (int, float)) and step <= after_step:
+            kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))  # never a truncated log on a full disk
 
 
 def _make_accelerator(config: LoopConfig, tracking: RunTracking | None = None):
@@ -240,7 +269,24 @@ def fit(
         resolve_resume(config)
     main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` only rank 0 locks
     with run_lock(run_dir, "training") if main_process else contextlib.nullcontext(), _InterruptRequest() as interrupt:
-        return _fit(task, train_dataset, config, val_dataset, run_config, interrupt)
+        try:
+            return _fit(task, train_dataset, config, val_dataset, run_config, interrupt)
+        except (OSError, CheckpointWriteError):
+            if main_process and not config.resume and not ckpt.list_checkpoints(run_dir / "checkpoints"):
+                _remove_failed_start(run_dir)  # a full disk before the first checkpoint: the rerun starts clean
+            raise
+
+
+def _remove_failed_start(run_dir: Path) -> None:
+    """Remove the run files a new run wrote before it failed with nothing resumable (without
+    ``resume`` every run file in the folder is this run's: ``check_run_dir`` refused others)."""
+    for name in RUN_FILES:
+        target = run_dir / name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+    for leftover in run_dir.glob(".*.tmp-*"):  # temp files of atomic writes
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_dataset: Dataset | None,
@@ -252,7 +298,8 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
     accelerator = _make_accelerator(config, tracking)
     if accelerator.is_main_process:
         prepare_run_dir(run_dir, config.resume, config.overwrite)
-        save_config(run_config if run_config is not None else config, run_dir / "config.yaml")
+        if not config.resume:
+            save_config(run_config if run_config is not None else config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
 
     task.accelerator = accelerator
@@ -307,6 +354,10 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
                 logger.info("resumed from %s (step %d)", found, state["global_step"])
         elif accelerator.is_main_process:
             logger.warning("--resume given but no checkpoint in %s: starting from scratch", checkpoint_root)
+        if accelerator.is_main_process:
+            # written once the checkpoint has loaded: a resume refused for another model or a damaged
+            # checkpoint leaves the finished run's config as it was
+            save_config(run_config if run_config is not None else config, run_dir / "config.yaml")
     tracking.start(accelerator, to_dict(run_config if run_config is not None else config), resume_step)
 
     # training time adds up over resumes (run.json "seconds"), so a killed run still reports its cost
