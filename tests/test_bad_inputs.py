@@ -398,7 +398,7 @@ NEVER_DESTROY: list[tuple[str, list[str], dict[str, str]]] = [
     ("nnunet-source-inside-target", ["export", "nnunet", "{raw_src}/Dataset501_Polyps", "{raw_src}", "--id", "501",
                                      "--name", "Polyps", "--overwrite"], {}),
     ("nnunet-target-inside-source", ["export", "nnunet", "{data}", "{data}/raw", "--id", "501", "--name", "Polyps"], {}),
-    ("nnunet-target-is-source", ["export", "nnunet", "{data}", "{root}", "--id", "1", "--name", "data", "--overwrite"], {}),
+    ("nnunet-target-inside-extra", NNUNET[:3] + ["{pool}", "--id", "501", "--name", "Polyps", "--extra", "{pool}"], {}),
     ("nnunet-extra-inside-target", NNUNET[:3] + ["{raw_pool}", "--id", "502", "--name", "P", "--extra",
                                                  "{raw_pool}/Dataset502_P", "--overwrite"], {}),
     ("nnunet-overwrite-foreign-dataset", ["export", "nnunet", "{data}", "{nnunet_existing}", "--id", "501",
@@ -521,10 +521,13 @@ def hold_lock(folder: Path, env: dict) -> subprocess.Popen:
 
 
 def test_the_table_is_large_and_ids_unique():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 60 and len(NEVER_DESTROY) >= 60 and len(FULL_DISK) >= 10
     assert len({case[0] for case in CASES}) == len(CASES)
 
 
+# The first test that asks for ``harness`` pays for the fixtures and every case (one process):
+# minutes on a loaded 2-core machine, so these tests get more than the suite's default timeout.
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("case_id", [case[0] for case in CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(harness, case_id):
     results, _, _ = harness
@@ -536,6 +539,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(harness, case_id):
     assert result["changed"] == [], f"{result['argv']} changed {result['changed']}"
 
 
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("case_id", [case[0] for case in FULL_DISK])
 def test_full_disk_names_the_path_and_the_rerun_succeeds(harness, case_id):
     """ENOSPC: one line with the OS's words and the path; then, with room again, the same command works."""

@@ -168,8 +168,15 @@ def test_sample_pool_refuses_a_non_empty_folder(run_dir, mask_dir, tmp_path):
     (out / "other.txt").write_text("x")
     with pytest.raises(RunDirError, match="overwrite"):
         sample_pool(run_dir, mask_dir, out, steps=1, limit=1)
-    sample_pool(run_dir, mask_dir, out, steps=1, limit=1, overwrite=True)
-    assert len(list((out / "images").iterdir())) == 1
+    # --overwrite replaces only what laworder wrote: a folder of someone else's files is refused
+    with pytest.raises(RunDirError, match="did not write"):
+        sample_pool(run_dir, mask_dir, out, steps=1, limit=1, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["other.txt"]
+    pool = tmp_path / "pool2"
+    sample_pool(run_dir, mask_dir, pool, steps=1, limit=2)
+    (pool / "notes.txt").write_text("mine")
+    sample_pool(run_dir, mask_dir, pool, steps=1, limit=1, overwrite=True)
+    assert len(list((pool / "images").iterdir())) == 1 and (pool / "notes.txt").read_text() == "mine"
 
 
 def test_missing_checkpoint_or_weights_are_named(run_dir, tmp_path):

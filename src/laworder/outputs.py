@@ -254,8 +254,7 @@ class OutputFolder:
         self.inputs, self.containers = dict(inputs or {}), tuple(containers)
         self.command = command if command is not None else " ".join(["laworder", *sys.argv[1:]])
         self._replaced: list[str] = []
-        self._created_folder = False
-        self._previous_manifest: bytes | None = None
+        self._created_root: Path | None = None
 
     # -- checks (no writes) ---------------------------------------------------------------
     def check(self) -> None:
@@ -292,20 +291,24 @@ class OutputFolder:
     def __enter__(self) -> "OutputFolder":
         self.check()
         folder = self.folder
-        self._created_folder = not folder.exists()
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        self._created_root = missing[-1] if missing else None  # the topmost folder this command creates
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = folder / MANIFEST
-        self._previous_manifest = manifest.read_bytes() if manifest.is_file() else None
-        if not self.resume:
-            backup = folder / BACKUP
-            if backup.exists():
-                shutil.rmtree(backup)  # left by a killed command whose manifest lists its entries again
-            for entry in owned_entries(folder, self.kind):
-                if (folder / entry).exists() or (folder / entry).is_symlink():
-                    (backup / entry).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(folder / entry, backup / entry)
-                    self._replaced.append(entry)
-        self._write_manifest()
+        try:
+            if not self.resume:
+                backup = folder / BACKUP
+                if backup.exists():
+                    shutil.rmtree(backup)  # left by a killed command whose manifest lists its entries again
+                # renames only (no disk space needed): the old outputs and their manifest go aside
+                for entry in [*owned_entries(folder, self.kind), MANIFEST]:
+                    if (folder / entry).exists() or (folder / entry).is_symlink():
+                        (backup / entry).parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(folder / entry, backup / entry)
+                        self._replaced.append(entry)
+                self._write_manifest()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         return self
 
     def add(self, *entries: str) -> None:
@@ -338,23 +341,24 @@ class OutputFolder:
             if backup.exists():
                 shutil.rmtree(backup, ignore_errors=True)
             return
-        if self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt):
-            return  # an interrupted command's outputs stay, owned, for ``--resume`` (or ``--overwrite``)
-        with contextlib.suppress(OSError):
-            for entry in self.planned:
+        if self.resume or (self.keep_on_interrupt and issubclass(kind, KeyboardInterrupt)):
+            return  # a continued or interrupted command's outputs stay, owned, for ``--resume``
+        for entry in [*self.planned, MANIFEST]:
+            with contextlib.suppress(OSError):
                 _remove(folder / entry)
-            for entry in self._replaced:
+        for entry in self._replaced:  # renames back: works on a full disk too
+            with contextlib.suppress(OSError):
                 os.replace(backup / entry, folder / entry)
+        with contextlib.suppress(OSError):
             if backup.exists():
-                shutil.rmtree(backup, ignore_errors=True)
-            manifest = folder / MANIFEST
-            if self._previous_manifest is None:
-                manifest.unlink(missing_ok=True)
-            else:
-                manifest.write_bytes(self._previous_manifest)
-            _prune_empty(folder, self.planned)
-            if self._created_folder:
-                folder.rmdir()
+                shutil.rmtree(backup)
+        _prune_empty(folder, self.planned)
+        if self._created_root is not None:  # folders this command created, now empty
+            for path in [folder, *folder.parents]:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+                if path == self._created_root:
+                    break
 
 
 def _prune_empty(folder: Path, entries: Iterable[str]) -> None:
