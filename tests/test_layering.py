@@ -28,7 +28,7 @@ PACKAGE = Path(laworder.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors"},
     {"environment", "paths", "resources"},  # input checks the basics use: variables, real paths, memory bounds
-    {"registry", "runlock", "config", "parallel", "progress", "laworder"},  # shared basics
+    {"registry", "runlock", "config", "parallel", "progress", "outputs", "laworder"},  # shared basics
     {"data"},
     {"models", "metrics", "interop"},
     {"training"},
