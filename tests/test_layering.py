@@ -27,8 +27,8 @@ PACKAGE = Path(laworder.__file__).parent
 # package's own __init__).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"environment", "paths", "resources"},  # input checks the basics use: variables, real paths, memory bounds
-    {"registry", "runlock", "config", "parallel", "progress", "outputs", "laworder"},  # shared basics
+    {"environment", "paths", "resources", "outputs"},  # what the basics use: variables, real paths, memory bounds, safe writes
+    {"registry", "runlock", "config", "parallel", "progress", "laworder"},  # shared basics
     {"data"},
     {"models", "metrics", "interop"},
     {"training"},
