@@ -40,12 +40,7 @@ LAYERS: list[set[str]] = [
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 
 # Circles closed only by in-function imports, tolerated for now (module sets).
-KNOWN_LAZY_CIRCLES: list[set[str]] = [
-    # sample_pool(pretrained=...) loads a shipped generator; Generator.sampler() builds the DDIM
-    # sampler. Way out: MaskConditionedSampler (+ mask_seed, check_sampling_args) into its own
-    # module below both (synth/sampler.py keeps runs and pools).
-    {"laworder.synth.pretrained", "laworder.synth.sampler"},
-]
+KNOWN_LAZY_CIRCLES: list[set[str]] = []
 
 
 def module_files() -> dict[str, Path]:

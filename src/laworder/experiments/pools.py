@@ -79,7 +79,7 @@ def validate_pools(pools: dict[str, Any], synth_defaults: dict[str, Any], sample
     backbones with valid keyword arguments and sampling settings (steps, CFG and mask guidance
     ≥ 0, η: ``check_sampling_args``, on ``sample_defaults`` merged with the recipe's)."""
     from laworder.config import check_seed
-    from laworder.synth.sampler import check_sampling_args
+    from laworder.synth.ddim import check_sampling_args
 
     if not isinstance(pools, dict):
         raise ConfigError(f"pools must map row labels to pool folders or recipes, got {pools!r}")

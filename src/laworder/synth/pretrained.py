@@ -219,7 +219,7 @@ class PretrainedGenerator:
     def sampler(self, steps: int | None = None, guidance_scale: float | None = None, mask_guidance: float | None = None,
                 eta: float | None = None):
         """A ``MaskConditionedSampler`` with the card's settings where an argument is ``None``."""
-        from laworder.synth.sampler import MaskConditionedSampler
+        from laworder.synth.ddim import MaskConditionedSampler
 
         defaults = self.weights.sampling
         pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731

@@ -162,7 +162,7 @@ def export_generator(run_dir: str | Path, dest_root: str | Path, name: str, desc
     """
     import torch
 
-    from laworder.synth.sampler import MaskConditionedSampler
+    from laworder.synth.ddim import MaskConditionedSampler
     from laworder.synth.weighting import objective_backbone_defaults
 
     if not re.fullmatch(r"[a-z0-9_]+/[a-z0-9_]+", name):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from laworder.data.io import write_image
 from laworder.synth.backbones import LESION_TOKEN, NULL_TOKEN, Backbone
-from laworder.synth.sampler import MaskConditionedSampler, load_mask_tensor, mask_seed
+from laworder.synth.ddim import MaskConditionedSampler, mask_seed
+from laworder.synth.sampler import load_mask_tensor
 
 
 class BaseModelSampler(MaskConditionedSampler):
