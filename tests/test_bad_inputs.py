@@ -157,6 +157,7 @@ CASES: list[tuple[str, list[str], dict[str, str]]] = [
     ("synth-sd15-missing-weights", ["synth", "train", "--data", "{data}", "--backbone", "sd15", "--pretrained", "{missing}",
                                     "-o", "{root}/new_synth"], {}),
     ("synth-unknown-objective-kwarg", SYNTH_TRAIN + ["--set", "objective_kwargs={nosuch: 1}"], {}),
+    ("synth-bad-latent-mask", SYNTH_TRAIN + ["--set", "objective_kwargs.latent_mask=bilinear"], {}),
     ("synth-unknown-backbone-kwarg", SYNTH_TRAIN + ["--set", "backbone_kwargs.nosuch=1"], {}),
     ("synth-locked", SYNTH_TRAIN + ["-o", "{locked}", "--overwrite"], {}),
     ("synth-config-bad-value", ["synth", "config", "--set", "cond_drop_prob=often"], {}),

@@ -36,3 +36,25 @@ def test_synth_list_names_objectives_and_backbones(capsys):
     listing = capsys.readouterr().out
     for name in ("uniform", "fixed", "ratio", "law", "adaptive_distillation", "noise_consistency", "builtin", "sd15"):
         assert name in listing
+
+
+def test_latent_mask_from_the_command_line_reaches_the_objective(tmp_path, monkeypatch):
+    from laworder.data.procedural import generate_procedural
+    from laworder.synth.weighting import base
+
+    seen: list[str] = []
+    resize = base.mask_at_prediction_resolution
+
+    def spy(mask, eps_pred, mode="nearest"):
+        seen.append(mode)
+        return resize(mask, eps_pred, mode)
+
+    monkeypatch.setattr(base, "mask_at_prediction_resolution", spy)
+    data = generate_procedural(tmp_path / "data", num_images=4, size=32, seed=0)
+    run = tmp_path / "run"
+    assert main(["synth", "train", "--data", str(data), "--objective", "law", "--resolution", "32",
+                 "--set", "backbone_kwargs.preset=tiny", "--set", "objective_kwargs.latent_mask=area",
+                 "--set", "validation_masks=0", "--max-steps", "1", "--batch-size", "2", "-o", str(run),
+                 "--no-progress"]) == 0
+    assert seen and set(seen) == {"area"}
+    assert "latent_mask: area" in (run / "config.yaml").read_text()

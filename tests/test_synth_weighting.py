@@ -274,3 +274,87 @@ def test_law_rejects_bad_hyperparameters(kwargs):
 def test_only_law_has_parameters():
     assert [name for name in ALL if create_objective(name, channels=3).has_parameters] == ["law"]
     assert not create_objective("law", channels=3, use_delta=False).has_parameters
+
+
+# --- objective_kwargs.latent_mask: how the mask reaches the prediction resolution ------------------
+def test_latent_mask_default_is_nearest_bit_for_bit():
+    generator = torch.Generator().manual_seed(3)
+    masks = (torch.rand(2, 1, 64, 64, generator=generator) > 0.6).float()
+    eps_pred, eps = torch.randn(2, 4, 16, 16, generator=generator), torch.randn(2, 4, 16, 16, generator=generator)
+    default = randomise_phi(create_objective("law", channels=4))
+    nearest = randomise_phi(create_objective("law", channels=4, latent_mask="nearest"))
+    assert default.latent_mask == "nearest"
+    a, b = default(eps_pred, eps, masks), nearest(eps_pred, eps, masks)
+    assert torch.equal(a.loss, b.loss) and a.logs == b.logs
+    # the reference: the resize the objectives always did (top-left pixel of each 4×4 block)
+    reference = randomise_phi(LawObjective(channels=4))
+    assert torch.equal(reference(eps_pred, eps, F.interpolate(masks, size=(16, 16), mode="nearest")).loss, a.loss)
+
+
+def test_latent_mask_area_is_the_lesion_fraction_per_cell_and_every_objective_takes_it():
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, 0, 0] = 1  # 1 of the 4 pixels of cell (0, 0)
+    masks[0, 0, 2:4, 2:4] = 1  # all of cell (1, 1)
+    masks[0, 0, 4, 6:8] = 1  # half of cell (2, 3)
+    eps_pred = torch.zeros(1, 3, 4, 4)
+    soft = mask_at_prediction_resolution(masks, eps_pred, "area")
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[0, 0, 0, 0], expected[0, 0, 1, 1], expected[0, 0, 2, 3] = 0.25, 1.0, 0.5
+    assert torch.equal(soft, expected)
+    assert float(soft.mean()) == float(masks.mean())  # r, the lesion ratio, is exact
+    generator = torch.Generator().manual_seed(0)
+    big = (torch.rand(2, 1, 64, 64, generator=generator) > 0.7).float()
+    pred, target = torch.randn(2, 4, 16, 16, generator=generator), torch.randn(2, 4, 16, 16, generator=generator)
+    for name in ALL:
+        objective = create_objective(name, channels=4, latent_mask="area")
+        if name == "law":
+            randomise_phi(objective)
+        output = objective(pred, target, big, **extras(objective, pred))
+        assert torch.isfinite(output.loss) and all(math.isfinite(v) for v in output.logs.values()), name
+    # the ratio prior on the soft mask is eq. 3 with m in [0, 1] and r the exact lesion fraction
+    ratio = create_objective("ratio", norm="l2", latent_mask="area")(pred, target, big)
+    m = F.avg_pool2d(big, 4)
+    assert torch.allclose(ratio.maps["w_ratio"], ratio_prior(m))
+    assert torch.allclose(lesion_ratio_of(m), lesion_ratio_of(big))
+    # LAW: φ sees the soft mask, the Dice term is the soft Dice against it, the lesion logs weight by m
+    law = randomise_phi(create_objective("law", channels=4, latent_mask="area"))
+    output = law(pred, target, big)
+    delta = torch.sigmoid(law.phi(pred, m) / law.tau)
+    assert torch.allclose(output.maps["delta"], delta)
+    assert output.logs["loss_dice"] == pytest.approx(float(soft_dice_loss(delta, m, law.dice_smooth).detach()), rel=1e-5)
+    w = output.maps["w_final"]
+    assert output.logs["w_final_lesion"] == pytest.approx(float((w * m).sum() / m.sum()), rel=1e-5)
+    assert 0.0 <= output.logs["w_at_max_lesion"] <= 1.0
+
+
+def lesion_ratio_of(masks: torch.Tensor) -> torch.Tensor:
+    return masks.mean(dim=(1, 2, 3))
+
+
+def test_latent_mask_center_picks_each_cells_centre_pixel():
+    masks = torch.zeros(1, 1, 8, 8)
+    masks[0, 0, 0, 0] = 1  # the top-left pixel: what nearest takes, not the centre
+    masks[0, 0, 2, 2] = 1  # the centre pixel (2, 2) of the 4×4 cell (0, 0) at ×4
+    masks[0, 0, 6, 2] = 1  # centre of cell (1, 0)
+    eps_pred = torch.zeros(1, 3, 2, 2)
+    center = mask_at_prediction_resolution(masks, eps_pred, "center")
+    assert center.tolist() == [[[[1.0, 0.0], [1.0, 0.0]]]]
+    assert torch.equal(center, masks[:, :, 2::4, 2::4])  # pixel floor((i + ½)·4) = 4i + 2
+    assert mask_at_prediction_resolution(masks, eps_pred).tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]]
+
+
+@pytest.mark.parametrize("bad", ["bilinear", "", 3, None])
+def test_a_bad_latent_mask_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="latent_mask must be one of"):
+        create_objective("law", channels=3, latent_mask=bad)
+
+
+def test_law_logs_the_clamps_share_of_the_lesion():
+    masks = make_masks(size=16)
+    objective = randomise_phi(LawObjective(channels=3, w_max=1.05))
+    pred, target = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    output = objective(pred, target, masks)
+    maps = objective.weight_maps(pred, masks)
+    expected = float(((maps["w_normalised"] >= 1.05).float() * masks).sum() / masks.sum())
+    assert output.logs["w_at_max_lesion"] == pytest.approx(expected) and expected > 0
+    assert LawObjective(channels=3, clamp_max=False)(pred, target, masks).logs["w_at_max_lesion"] == 0.0

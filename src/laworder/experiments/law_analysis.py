@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from laworder.errors import ConfigError
 from laworder.synth.backbones import LESION_TOKEN
 from laworder.synth.probe import DEFAULT_TIMESTEPS, make_probe_set, region_maps
-from laworder.synth.weighting.base import lesion_ratio, ratio_prior
+from laworder.synth.weighting.base import lesion_ratio, ratio_prior, resize_mask
 
 REGIONS = ("lesion", "boundary", "background")
 
@@ -52,8 +52,9 @@ def load_law(run: str | Path):
 
 
 def delta_map(objective, eps_pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """δ = σ(φ(ε̂, m)/τ) with ``mask`` resized nearest to ε̂'s size (eq. 4)."""
-    mask = F.interpolate(mask, size=eps_pred.shape[-2:], mode="nearest")
+    """δ = σ(φ(ε̂, m)/τ) with ``mask`` resized to ε̂'s size as the run trained it (eq. 4;
+    the objective's ``latent_mask``, nearest by default)."""
+    mask = resize_mask(mask, eps_pred.shape[-2:], getattr(objective, "latent_mask", "nearest"))
     return torch.sigmoid(objective.phi(eps_pred, mask) / objective.tau)
 
 

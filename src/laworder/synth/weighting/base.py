@@ -10,7 +10,9 @@ latents for Stable Diffusion):
 
 - ``eps_pred``, ``eps``: ``B×C×h×w`` (prediction and regression target),
 - ``mask``: ``B×1×H×W`` or ``B×K×H×W`` in {0, 1} at any resolution; reduced to one channel
-  (any channel set) and resized *nearest* to ``h×w`` (paper §3.1.2),
+  (any channel set) and resized to ``h×w`` by the objective's ``latent_mask`` mode
+  (``LATENT_MASKS``; default ``nearest``, the paper's §3.1.2, keeps the mask binary; ``area``
+  makes a soft mask in [0, 1], the fraction of lesion pixels in each prediction cell),
 - ``extra``: what a method needs beyond that (``Objective.needs`` names the keys; the
   training task computes them: a teacher prediction, an image-branch prediction...).
 
@@ -26,10 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from laworder.errors import DataError
+from laworder.errors import ConfigError, DataError
 from laworder.registry import Registry
 
 OBJECTIVES: Registry["Objective"] = Registry("objective")
+
+#: How a mask is resized to the prediction's ``h×w`` (``objective_kwargs.latent_mask``):
+#: ``nearest``: ``F.interpolate(mode="nearest")``, the paper's and the default; it takes the top-left
+#:     pixel of each cell (at ×4 the latent mask sits 1.5 px up-left of the image's);
+#: ``center``: nearest sampling at each cell's centre (``mode="nearest-exact"``: pixel
+#:     ``floor((i + ½)·H/h)``), binary and aligned with the image;
+#: ``area``: the mean over each cell (``mode="area"``, i.e. adaptive average pooling), a soft mask
+#:     in [0, 1]: the fraction of lesion pixels per cell when ``H`` is a multiple of ``h``.
+LATENT_MASKS: dict[str, str] = {"nearest": "nearest", "center": "nearest-exact", "area": "area"}
 
 
 @dataclass
@@ -58,6 +69,9 @@ class Objective(nn.Module):
     #: backbone keyword arguments this method implies unless the config sets them
     #: (read by ``objective_backbone_defaults``; e.g. Siamese-Diffusion's dense hint input).
     backbone_defaults: ClassVar[dict[str, Any]] = {}
+    #: how ``forward`` resizes the mask to the prediction (a key of ``LATENT_MASKS``); set by
+    #: ``create_objective(..., latent_mask=...)``, so every objective takes the option.
+    latent_mask: str = "nearest"
 
     def __init__(self, channels: int | None = None) -> None:
         super().__init__()
@@ -70,7 +84,7 @@ class Objective(nn.Module):
             raise ValueError(f"{type(self).__name__} needs extra input(s) {missing}; got {sorted(extra)}")
         for key in self.needs:
             check_prediction_pair(eps_pred, extra[key], name=key)
-        mask = mask_at_prediction_resolution(mask, eps_pred)
+        mask = mask_at_prediction_resolution(mask, eps_pred, self.latent_mask)
         output = self.compute(eps_pred, eps, mask, **extra)
         output.logs = as_floats(output.logs)
         return output
@@ -88,9 +102,26 @@ class Objective(nn.Module):
         return None
 
 
-def create_objective(name: str, **kwargs: Any) -> Objective:
-    """``create_objective("law", channels=4, tau=3.0)``; unknown names list the known ones."""
-    return OBJECTIVES.create(name, **kwargs)
+def create_objective(name: str, latent_mask: str = "nearest", **kwargs: Any) -> Objective:
+    """``create_objective("law", channels=4, tau=3.0)``; unknown names list the known ones.
+
+    ``latent_mask`` (every objective; ``objective_kwargs.latent_mask`` in a config) picks how the
+    mask is resized to the prediction (``LATENT_MASKS``); ``nearest`` is the paper's.
+
+    Raises:
+        ConfigError: ``latent_mask`` is not one of ``LATENT_MASKS``.
+    """
+    mode = check_latent_mask(latent_mask)
+    objective = OBJECTIVES.create(name, **kwargs)
+    objective.latent_mask = mode
+    return objective
+
+
+def check_latent_mask(mode: Any) -> str:
+    """``mode`` if it names a ``LATENT_MASKS`` entry, else ``ConfigError`` listing them."""
+    if not isinstance(mode, str) or mode not in LATENT_MASKS:
+        raise ConfigError(f"objective_kwargs.latent_mask must be one of {sorted(LATENT_MASKS)}, got {mode!r}")
+    return mode
 
 
 def objective_backbone_defaults(name: str) -> dict[str, Any]:
@@ -106,8 +137,9 @@ def check_prediction_pair(eps_pred: torch.Tensor, other: torch.Tensor, name: str
         raise ValueError(f"{name} shape {tuple(other.shape)} does not match eps_pred shape {tuple(eps_pred.shape)}")
 
 
-def mask_at_prediction_resolution(mask: torch.Tensor, eps_pred: torch.Tensor) -> torch.Tensor:
-    """``B×K×H×W`` binary mask -> ``B×1×h×w`` float mask at the prediction resolution.
+def mask_at_prediction_resolution(mask: torch.Tensor, eps_pred: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """``B×K×H×W`` binary mask -> ``B×1×h×w`` float mask at the prediction resolution, resized
+    by ``mode`` (``LATENT_MASKS``: binary for ``nearest``/``center``, in [0, 1] for ``area``).
 
     Raises:
         DataError: the mask is not 4-D, its batch differs from the prediction's, or it holds
@@ -124,10 +156,15 @@ def mask_at_prediction_resolution(mask: torch.Tensor, eps_pred: torch.Tensor) ->
         raise DataError(f"mask must hold only 0 and 1; found values such as {values}")
     if mask.shape[1] > 1:
         mask = mask.amax(dim=1, keepdim=True)
-    if mask.shape[-2:] != eps_pred.shape[-2:]:
-        # paper §3.1.2: the conditioning mask is resized to h×w with nearest-neighbour
-        mask = F.interpolate(mask, size=eps_pred.shape[-2:], mode="nearest")
-    return mask
+    return resize_mask(mask, eps_pred.shape[-2:], mode)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size, mode: str = "nearest") -> torch.Tensor:
+    """``B×1×H×W`` float mask -> ``B×1×h×w`` by ``mode`` (``LATENT_MASKS``); unchanged at ``h×w``."""
+    if mask.shape[-2:] == tuple(size):
+        return mask
+    # paper §3.1.2 resizes with nearest-neighbour (the default); see LATENT_MASKS for the others
+    return F.interpolate(mask, size=tuple(size), mode=LATENT_MASKS[check_latent_mask(mode)])
 
 
 # --- shared pieces --------------------------------------------------------------------------
@@ -171,7 +208,9 @@ def weighted_mean(error: torch.Tensor, weights: torch.Tensor | None) -> torch.Te
 
 
 def weight_stats(weights: torch.Tensor, mask: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
-    """Mean / max / min weight, and mean on lesion and on background pixels (for metrics.jsonl)."""
+    """Mean / max / min weight, and mean on lesion and on background pixels (for metrics.jsonl);
+    a soft mask (``latent_mask=area``) weights each pixel by its lesion fraction ``m`` (lesion)
+    and ``1 − m`` (background)."""
     with torch.no_grad():
         weights = weights.detach().float()
         lesion = mask.detach().float().expand_as(weights)

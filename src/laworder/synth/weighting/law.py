@@ -72,6 +72,11 @@ class LawObjective(Objective):
         normalise, clamp_min, clamp_max, dice, use_delta: Table 6 ablation switches (all on =
             LAW). ``use_delta=False`` drops φ and δ (μ = 1), so also the Dice term.
         weight_gradient: let L_S train φ through w_final (True, eq. 8 as written).
+
+    With a soft mask (``latent_mask=area``, values in [0, 1]) every step stays defined: eq. 3 is
+    linear in m (r is the lesion fraction, exact under area averaging), φ sees the soft mask as its
+    input channel, and eq. 9 is the soft Dice against it. Logs: ``w_clamped_fraction`` (share of
+    all pixels the clamp changed) and ``w_at_max_lesion`` (share of the lesion at w_max).
     """
 
     def __init__(
@@ -148,6 +153,11 @@ class LawObjective(Objective):
             logs.update(weight_stats(maps["delta"], mask, "delta"))
         with torch.no_grad():
             clamped = (maps["w_final"] != maps["w_normalised"]).float().mean()
+            # the clamp's share on the lesion: how much of the lesion sits at w_max (a soft mask
+            # counts each cell by its lesion fraction); near 1, LAW is a fixed lesion weight
+            at_max = (maps["w_normalised"] >= self.w_max).float() if self.clamp_max else torch.zeros_like(mask)
+            lesion = mask.detach().float()
+            logs["w_at_max_lesion"] = (at_max * lesion).sum() / lesion.sum().clamp_min(1.0)
         logs["w_clamped_fraction"] = clamped
         snapshot = {k: maps[k].detach() for k in ("w_ratio", "delta", "w_final") if k in maps}
         return ObjectiveOutput(loss, logs, snapshot)
