@@ -153,3 +153,97 @@ def test_the_tiny_protocol_runs_end_to_end_and_resumes(fair, tmp_path):
     for name in ("results.json", "results.md", "probe.png", "law_analysis.png"):
         assert (tmp_path / name).is_file()
     assert fair.run_pieces(bench) == []  # finished pieces are never redone
+
+
+# --- the amended plan (issue 26 item 1) -------------------------------------------------------------
+def test_the_amended_plan_is_the_issues_pre_registration(fair):
+    plan = fair.AMENDED_PLAN
+    assert fair.PLANS["amended"] is plan and plan["resolution"] == 64
+    assert plan["reuse"]["root"] == "bench/results/synth_generators"
+    assert plan["reuse"]["runs"] == {"vae": "runs/vae", "base": "runs/base", "judge": "runs/judge_nnunet2d_16"}
+    assert set(plan["arms"]) == {"uniform", "ratio_l1", "ratio_l2", "law", "law_area"}
+    assert plan["arms"]["law_area"]["objective_kwargs"] == {"latent_mask": "area"}
+    net = plan["controlnet"]
+    assert net["seeds"] == [0, 1, 2] and net["max_steps"] == 4 * fair.COMPACT_PLAN["controlnet"]["max_steps"]
+    assert (net["batch_size"], net["lr"]) == (16, 3e-4)
+    assert {"loop.ema_decay=0.999", "loop.snapshot_every=600", "loop.checkpoint_every=100", "probe_every=500",
+            "probe_count=16", "unet_trainable=all"} == set(net["set"])
+    sampling, stats = plan["sampling"], plan["stats"]
+    assert sampling["cfg"] == [10.0] and sampling["mask_guidance"] == [1.0, 3.0] and sampling["sample_seeds"] == [0, 1]
+    assert stats["margin_fraction_of_headroom"] == 0.05 and "margin" not in stats and stats["replicates"] == 10000
+    assert stats["decisive"] == [["law", "uniform"], ["law", "ratio_l2"], ["law", "ratio_l1"]]
+    assert plan["decision_rule"] == fair.AMENDED_DECISION_RULE != fair.DECISION_RULE
+    assert fair.COMPACT_PLAN["stats"]["margin"] == 0.03  # the compact plan keeps its rule
+    names = [name for name, _ in fair.Bench(plan, Path("unused")).pieces()]
+    assert names[:4] == ["vae", "judge", "vae_check", "base"]
+    pools = [n for n in names if n.startswith("pool_")]
+    assert len(pools) == 5 * 3 * 2 * 2  # arms × training seeds × sample seeds × mask guidance 1 and 3
+    decisive_last = max(names.index(f"arm_{a}_seed2") for a in ("uniform", "ratio_l1", "ratio_l2", "law"))
+    assert names.index(fair.pool_name("law", 2, 1, 10.0, 1.0)) < names.index("arm_law_area_seed0")
+    assert decisive_last < names.index("arm_law_area_seed0")
+    # mask guidance 1 right after each ControlNet, in its group; mask guidance 3 in a secondary group
+    assert names.index(fair.pool_name("uniform", 0, 1, 10.0, 1.0)) == names.index("arm_uniform_seed0") + 2
+    assert names.index(fair.pool_name("uniform", 0, 0, 10.0, 3.0)) > names.index("arm_law_area_seed2")
+    assert fair.Bench(plan, Path("unused")).run_path("base") == fair.ROOT / "bench/results/synth_generators/runs/base"
+
+
+def test_the_margin_is_a_fraction_of_the_headroom(fair, tmp_path):
+    plan = fair.tiny_plan()
+    plan["stats"].pop("margin")
+    plan["stats"].update(margin_fraction_of_headroom=0.05, margin_chance_arm="uniform", primary_mask_guidance=1.0)
+    plan["arms"] = {k: fair.ARMS[k] for k in ("uniform", "law")}
+    plan["stats"]["comparisons"] = plan["stats"]["decisive"] = [["law", "uniform"]]
+    plan["sampling"]["cfg"] = [10.0]
+    bench = fair.Bench(plan, tmp_path)
+    rng = np.random.default_rng(0)
+    bench.finish("judge", {"model": "order", "run": "x", "ceiling": {"pooled_dice": 0.8, "images": 40}})
+    for seed in plan["controlnet"]["seeds"]:
+        bench.finish(fair.pool_name("law", seed, 0, 10.0, 1.0), fake_pool("law", seed, 10.0, 0.03, rng))
+    results = fair.score_table(bench)
+    assert results["margin"]["absolute"] is None and results["comparisons"] == []  # no uniform pools yet
+    for seed in plan["controlnet"]["seeds"]:
+        bench.finish(fair.pool_name("uniform", seed, 0, 10.0, 1.0), fake_pool("uniform", seed, 10.0, 0.0, rng))
+    results = fair.score_table(bench)
+    margin = results["margin"]
+    assert margin["chance"] == pytest.approx(0.1) and margin["absolute"] == pytest.approx(0.05 * (0.8 - 0.1))
+    (comparison,) = results["comparisons"]
+    assert comparison["decision"]["margin"] == pytest.approx(0.035)
+    from laworder.metrics.bootstrap import BootstrapCI, decide
+
+    ci = BootstrapCI(**{k: comparison["ci"][k] for k in ("difference", "low", "high", "level", "replicates", "seeds", "masks")})
+    assert comparison["decision"] == decide(ci, 0.05 * (0.8 - 0.1))
+    text = fair.markdown(dict(results, command="test", decision_rule="rule", pieces_done=[]))
+    assert "Refutation margin: 0.05 x (ceiling - chance of the uniform arm at CFG 10, mask guidance 1) = +0.0350" in text
+
+
+def test_the_amended_protocol_adopts_pins_and_runs(fair, tmp_path):
+    source = tmp_path / "source"
+    tiny = fair.tiny_plan(arms=["uniform"])
+    tiny["judge"]["candidates"] = {"order": tiny["judge"]["candidates"]["order"]}
+    fair.run_pieces(fair.Bench(tiny, source), until="base")
+    plan = fair.tiny_amended_plan(source, arms=["uniform", "law_area"])
+    bench = fair.Bench(plan, tmp_path / "amended")
+    assert bench.run_path("vae") == source / "runs" / "vae" and bench.run_path("judge") == source / "runs" / "judge_order"
+    ran = fair.run_pieces(bench)
+    assert ran[:4] == ["vae", "judge", "vae_check", "base"] and not (tmp_path / "amended" / "runs" / "vae").exists()
+    judge = bench.done("judge")
+    assert judge["adopted"] and judge["ceiling"] == fair.Bench(tiny, source).done("judge")["ceiling"]
+    assert judge["run"] == str(source / "runs" / "judge_order") and judge["model"] == "order"
+    assert set(bench.done("base")["weights_sha256"]) >= {"model/last/unet.safetensors"}
+    law = bench.done("arm_law_area_seed0")
+    assert "--base " + str(source / "runs" / "base") in law["command"] and "latent_mask=" in law["command"]
+    assert 0.0 <= law["clamp_share"]["w_at_max_lesion"] <= 1.0 and law["clamp_share"]["w_clamped_fraction"] is not None
+    results = fair.score_table(bench)
+    assert results["margin"]["absolute"] == pytest.approx(
+        0.05 * (judge["ceiling"]["pooled_dice"] - results["margin"]["chance"]))
+    assert list(results["clamp_share"]) == ["law_area seed0"]
+    assert {(row["arm"], row["mask_guidance"]) for row in results["table"]} == {
+        (arm, guidance) for arm in ("uniform", "law_area") for guidance in (1.0, 3.0)}
+    fair.analyse(bench, "test")
+    text = (tmp_path / "amended" / "results.md").read_text()
+    assert "Refutation margin: 0.05 x (ceiling - chance" in text and "| law_area seed0 | " in text
+    # a pinned weights file that changed stops the next run before any piece
+    weights = source / "runs" / "base" / "model" / "last" / "unet.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(SystemExit, match="adopted base run .* changed since pieces/base.json pinned it"):
+        bench.check_adopted()
