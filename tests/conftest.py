@@ -1,7 +1,23 @@
-"""Suite-wide settings: one intra-op thread and a private data cache for every test."""
+"""Suite-wide settings: one intra-op thread and a private data cache for every test; a private
+torch.compile cache per test process (``make test`` runs the files in two pytest-xdist workers)."""
+
+import os
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_compile_cache(tmp_path_factory):
+    """Two workers compiling at once into the shared /tmp/torchinductor_<user> can load each
+    other's half-written kernels (seen here: ``ImportError: ... .so: file too short``)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "inductor")
+    yield
+    if previous is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)
