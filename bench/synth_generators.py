@@ -76,6 +76,12 @@ PLAN: dict[str, Any] = {
     # per image on this loaded machine, so the mask guidance 3 pools are not scored
     "metrics": {"boundary_tolerance_px": 2, "ms_ssim": MS_SSIM, "fid_batch_size": 25, "floor_seed": 0,
                 "fid_pools": [[1.0, 0]]},
+    # Recovery against training length (added 2026-12-05, after the 700-step table): each generator's
+    # 700-step run is copied to runs/<gen>_long and resumed with the same command and only --max-steps
+    # raised (constant lr, so this is the run that would have trained that long from the start), then
+    # sampled with the standard sampler at each length. Decides whether more steps alone approach the
+    # 50 %-of-headroom goal at mask guidance 1.
+    "longer": {"generators": ["law", "uniform"], "steps": [1400, 2100], "pool": [1.0, 0]},
 }
 
 
@@ -89,6 +95,7 @@ def tiny_plan() -> dict[str, Any]:
     plan["controlnet"].update(max_steps=2, batch_size=4, set=["probe_every=1", "probe_count=3"])
     plan["sampling"].update(steps=2, batch_size=8)
     plan["sampling"]["diversity"]["limit_per_subset"] = 4
+    plan["longer"].update(steps=[3])
     plan["metrics"]["ms_ssim"] = {**MS_SSIM, "kernel_size": 3}
     return plan
 
@@ -108,6 +115,13 @@ class Bench(synth_fair.Bench):
         items.append(("floor", self.floor))
         for gen in plan["generators"]:
             items.append((f"quality_{gen}", lambda gen=gen: self.quality(gen)))
+        longer = plan.get("longer", {})
+        guidance, seed = longer.get("pool", [1.0, 0])
+        for steps in longer.get("steps", []):
+            for gen in longer["generators"]:
+                items.append((f"controlnet_{gen}_{steps}", lambda g=gen, n=steps: self.controlnet_longer(g, n)))
+                items.append((pool_name(f"{gen}_{steps}", guidance, seed),
+                              lambda g=gen, n=steps: self.pool(f"{g}_{n}", guidance, seed, run=self.run_path(f"{g}_long"))))
         return items
 
     # training -------------------------------------------------------------------------------
@@ -131,27 +145,46 @@ class Bench(synth_fair.Bench):
         record["training_seconds"] = run_seconds(self.run_path("base"))
         return record
 
-    def controlnet(self, gen: str) -> dict:
-        spec, recipe, run = self.plan["controlnet"], self.plan["generators"][gen], self.run_path(gen)
+    def controlnet(self, gen: str, run: Path | None = None, max_steps: int | None = None) -> dict:
+        """Train generator ``gen`` (into ``run``, default runs/<gen>) to ``max_steps`` (default the plan's)."""
+        spec, recipe = self.plan["controlnet"], self.plan["generators"][gen]
+        run = run or self.run_path(gen)
+        max_steps = max_steps or spec["max_steps"]
         overrides = list(spec["set"])
         for key, value in recipe.get("objective_kwargs", {}).items():
             overrides.append(f"objective_kwargs.{key}={json.dumps(value)}")
         command, seconds = self.laworder(
             "synth", "train", "--base", str(self.run_path("base")), "--data", self.data,
-            "--objective", recipe["objective"], "--seed", "0", "--max-steps", str(spec["max_steps"]),
+            "--objective", recipe["objective"], "--seed", "0", "--max-steps", str(max_steps),
             "--batch-size", str(spec["batch_size"]), "--lr", str(spec["lr"]), *synth_fair.sets(overrides),
             "-o", str(run), "--resume", "--no-progress")
         return {"command": command, "seconds": seconds, "training_seconds": run_seconds(run), "run": synth_fair.rel(run),
                 "generator": gen, "final": synth_fair.last_logs(run), "probe": synth_fair.probe_records(run),
-                "parameters": parameter_counts(run)}
+                "parameters": parameter_counts(run), "max_steps": max_steps}
+
+    def controlnet_longer(self, gen: str, steps: int) -> dict:
+        """Continue generator ``gen``'s finished run to ``steps`` in runs/<gen>_long (a copy made once,
+        so the shipped 700-step run stays as it is)."""
+        import shutil
+
+        long_run = self.run_path(f"{gen}_long")
+        if not long_run.exists():
+            if not self.finished(f"controlnet_{gen}"):
+                raise SystemExit(f"controlnet_{gen} must finish before it is trained longer")
+            shutil.copytree(self.run_path(gen), long_run, ignore=shutil.ignore_patterns(".laworder.lock"))
+        record = self.controlnet(gen, run=long_run, max_steps=steps)
+        record["continued_from"] = synth_fair.rel(self.run_path(gen))
+        return record
 
     # sampling and scoring -------------------------------------------------------------------
     def pool_folder(self, gen: str, guidance: float, seed: int) -> Path:
         return self.out / "pools" / pool_name(gen, guidance, seed)
 
-    def pool(self, gen: str, guidance: float, seed: int) -> dict:
-        """Sample every held-out test mask with the standard sampler and score it with the judge."""
-        sampling, folder, run = self.plan["sampling"], self.pool_folder(gen, guidance, seed), self.run_path(gen)
+    def pool(self, gen: str, guidance: float, seed: int, run: Path | None = None) -> dict:
+        """Sample every held-out test mask with the standard sampler and score it with the judge
+        (the generator in ``run``, default runs/<gen>)."""
+        sampling, folder = self.plan["sampling"], self.pool_folder(gen, guidance, seed)
+        run = run or self.run_path(gen)
         commands, seconds = [], 0.0
         for subset in self.plan["test_subsets"]:
             command, took = self.laworder(
@@ -407,11 +440,35 @@ def analyse(bench: Bench, command: str, out_json: Path, out_md: Path) -> dict:
     if any(curves.values()):
         results["probe_comparison"] = synth_fair.rel(plot_probe_comparison(curves, bench.out / "probe_vs_fair.png"))
         results["probe_curves"] = curves
+    results["longer"] = longer_rows(bench)
     if all(bench.finished(pool_name(g, m, 0)) for g in plan["generators"] for m in (1.0, 3.0)):
         results["figure"] = synth_fair.rel(write_figure(bench, bench.out / "figure.png"))
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     out_md.write_text(markdown(results))
     return results
+
+
+def longer_rows(bench: Bench) -> list[dict]:
+    """Recovery at mask guidance 1 against training length: the 700-step pool, then each finished
+    continuation (``plan["longer"]``), with the probe gap at the step sampled."""
+    longer = bench.plan.get("longer")
+    if not longer:
+        return []
+    guidance, seed = longer["pool"]
+    rows = []
+    for gen in longer["generators"]:
+        lengths = [(bench.plan["controlnet"]["max_steps"], gen, f"controlnet_{gen}")]
+        lengths += [(steps, f"{gen}_{steps}", f"controlnet_{gen}_{steps}") for steps in longer["steps"]]
+        for steps, pool_gen, piece in lengths:
+            pool, trained = bench.done(pool_name(pool_gen, guidance, seed)), bench.done(piece)
+            if not pool or not trained:
+                continue
+            probe = [r for r in trained.get("probe", []) if r["step"] == steps]
+            rows.append({"generator": gen, "steps": steps, "mask_guidance": guidance, "sample_seed": seed,
+                         **pool["summary"], "training_seconds": trained.get("training_seconds"),
+                         "command": trained["command"], "probe": probe[0] if probe else None,
+                         "loss": trained.get("final", {}).get("loss")})
+    return rows
 
 
 def plot_probe_comparison(curves: dict[str, list[dict]], out: Path) -> Path:
@@ -559,6 +616,18 @@ def markdown(results: dict) -> str:
             for r in records:
                 lines.append(f"| {label} | {r['step']} | {r['probe_gap_lesion']:.4f} | {r['probe_gap_boundary']:.4f} "
                              f"| {r['probe_gap_background']:.4f} |")
+    if results.get("longer"):
+        lines += ["", "Recovery against training length (mask guidance 1, sample seed 0, every test mask): the 700-step "
+                  "run continued with the same command and only `--max-steps` raised (constant lr); "
+                  "`python bench/synth_generators.py run` (pieces `controlnet_<gen>_<steps>`, `pool_<gen>_<steps>_mg1_s0`).", "",
+                  "| Generator | steps | recovery Dice | chance | headroom | boundary F | probe gap lesion | probe gap boundary "
+                  "| training time (s, total) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["longer"]:
+            probe = r.get("probe") or {}
+            lines.append(f"| {r['generator']} | {r['steps']} | {r['dice']:.3f} | {r['chance_dice']:.3f} "
+                         f"| {r.get('headroom', float('nan')):.2f} | {r['boundary_f']:.3f} "
+                         f"| {probe.get('probe_gap_lesion', float('nan')):.4f} | {probe.get('probe_gap_boundary', float('nan')):.4f} "
+                         f"| {r.get('training_seconds') or 0:.0f} |")
     if results.get("figure"):
         lines += [f"Figure (masks | LAW mg1/mg3 | uniform mg1/mg3 | real): `{results['figure']}`"]
     lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
