@@ -81,7 +81,7 @@ PLAN: dict[str, Any] = {
     # raised (constant lr, so this is the run that would have trained that long from the start), then
     # sampled with the standard sampler at each length. Decides whether more steps alone approach the
     # 50 %-of-headroom goal at mask guidance 1.
-    "longer": {"generators": ["law", "uniform"], "steps": [1400, 2100], "pool": [1.0, 0]},
+    "longer": {"generators": ["law", "uniform"], "steps": [1400, 2100, 2800, 3500], "pool": [1.0, 0]},
 }
 
 
