@@ -268,7 +268,13 @@ def pool_name(gen: str, guidance: float, seed: int) -> str:
 
 
 def run_seconds(run: Path) -> float | None:
-    """Training seconds of a run (its last logged ``time``; it adds up over resumes)."""
+    """Training seconds of a run, added up over resumes: run.json's ``seconds``, else the last
+    logged ``time`` (which restarted at 0 on a resume before 2026-12-05)."""
+    info = run / "run.json"
+    if info.is_file():
+        seconds = json.loads(info.read_text()).get("seconds")
+        if seconds is not None:
+            return float(seconds)
     path = run / "metrics.jsonl"
     if not path.is_file():
         return None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,6 +65,10 @@ def test_csv_tracker_curves_have_no_duplicates_after_resume(tiny_data, tmp_path)
     steps = [step for step, _ in curves["train/loss"]]
     assert steps == sorted(set(steps)) and steps[: len(first["train/loss"])] == [s for s, _ in first["train/loss"]]
     assert len(curves["val/dice"]) == 3
+    # "time" is the run's training seconds, counted on across the resume (it restarted at 0 before)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    times = [line["time"] for line in lines if "time" in line]
+    assert len(times) > len(first["train/loss"]) and times == sorted(times)
 
 
 def test_report_to_wandb_without_wandb_is_refused_before_anything_is_written(tiny_data, tmp_path, capsys, monkeypatch):

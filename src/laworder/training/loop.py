@@ -461,7 +461,7 @@ def _fit(task: TrainTask, train_dataset: Dataset, config: LoopConfig, val_datase
                 if state["global_step"] % max(1, config.log_every) == 0 or at_end:
                     last_logs = {k: v / running_count for k, v in running.items()}
                     record = {"step": state["global_step"], "epoch": state["epoch"],
-                              "lr": scheduler.get_last_lr()[0], **last_logs, "time": time.time() - started}
+                              "lr": scheduler.get_last_lr()[0], **last_logs, "time": elapsed()}
                     _append_log(accelerator, metrics_path, record)
                     tracking.scalars(record, state["global_step"])
                     running, running_count = {}, 0
