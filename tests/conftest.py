@@ -1,10 +1,35 @@
 """Suite-wide settings: one intra-op thread and a private data cache for every test; a private
 torch.compile cache per test process (``make test`` runs the files in two pytest-xdist workers)."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load_bench(name: str):
+    """``bench/<name>.py`` as a module (registered in sys.modules, as dataclasses need), without
+    keeping the src/-first ``sys.path`` its script header sets."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """A loader of benchmark scripts: ``load_bench("synth_fair")`` -> the module."""
+    return _load_bench
 
 
 @pytest.fixture(scope="session", autouse=True)

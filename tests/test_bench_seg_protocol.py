@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,16 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "seg_protocol.py"
-
 
 @pytest.fixture(scope="module")
-def protocol():
-    spec = importlib.util.spec_from_file_location("seg_protocol_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def protocol(load_bench):
+    return load_bench("seg_protocol")
 
 
 def fake_run(protocol, out: Path, model: str, seed: int, scores: dict[str, list[float]]) -> dict:

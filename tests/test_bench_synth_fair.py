@@ -3,7 +3,6 @@ pieces into arm tables, hierarchical-bootstrap CIs and the written decision (syn
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,17 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "synth_fair.py"
-
 
 @pytest.fixture(scope="module")
-def fair():
-    spec = importlib.util.spec_from_file_location("synth_fair", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = path  # the script puts src/ first; leave the test session's path alone
-    return module
+def fair(load_bench):
+    return load_bench("synth_fair")
 
 
 def test_the_full_plan_follows_the_issue(fair):

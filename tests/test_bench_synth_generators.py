@@ -4,24 +4,15 @@ features) compute what they say (synthetic inputs; no data, no weights)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "synth_generators.py"
-
 
 @pytest.fixture(scope="module")
-def gen():
-    spec = importlib.util.spec_from_file_location("synth_generators", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = path  # the script puts src/ first; leave the test session's path alone
-    return module
+def gen(load_bench):
+    return load_bench("synth_generators")
 
 
 def test_the_plan_measures_the_standard_sampler_on_every_test_mask(gen):

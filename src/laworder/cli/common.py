@@ -85,3 +85,19 @@ def print_config(config: Any) -> int:
 
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     return 0
+
+
+def write_json_out(path: str, record: Any) -> None:
+    """``--out FILE``: the JSON record written whole (temp file + rename), its folder made."""
+    from pathlib import Path
+
+    from laworder.outputs import write_json_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    print(f"wrote {path}")
+
+
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")

@@ -102,9 +102,9 @@ def _exp_law_analysis(args: argparse.Namespace) -> int:
 
 
 def _exp_fid(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
+    from laworder.cli.common import write_json_out
     from laworder.errors import RunDirError
     from laworder.experiments.image_quality import pool_fid
 
@@ -120,9 +120,7 @@ def _exp_fid(args: argparse.Namespace) -> int:
               f"FID {floor['fid']:.2f}  KID {floor['kid_mean']:.4f}")
     print(f"weights: {quality['weights']}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(quality, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json_out(args.out, quality)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from laworder.cli.common import build_config, common_run_options, print_config
+from laworder.cli.common import add_compile_flag, build_config, common_run_options, print_config
 
 
 def _seg_config(args: argparse.Namespace):
@@ -254,8 +254,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="normalised surface Dice tolerance in pixels of the model's input grid (default 2); "
                         "HD95 is reported beside it")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in the folder")
-    p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
+    add_compile_flag(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_seg_evaluate, usage_paths=["RUN"])
     p = seg.add_parser("predict", help="write mask PNGs and overlays for a folder of images",
@@ -268,8 +267,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", metavar="FILE",
                    help="run this `seg export`ed model with onnxruntime; alone it needs no run folder (its settings are "
                         "in the file); with RUN or --pretrained it must have been exported from that model")
-    p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile (faster on CPU after a one-off compile; eager if it fails)")
+    add_compile_flag(p)
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--resize", choices=["squash", "pad", "sliding"],
                    help="squash to the training size (default; an ONNX file's recorded mode); pad: keep the aspect ratio, pad to a multiple of 32; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from laworder.cli.common import build_config, common_run_options, print_config
+from laworder.cli.common import build_config, common_run_options, print_config, write_json_out
 
 
 def _config(args: argparse.Namespace):
@@ -76,19 +76,13 @@ def _pretrain_vae(args: argparse.Namespace) -> int:
 
 
 def _vae_dice(args: argparse.Namespace) -> int:
-    import json
-
     from laworder.experiments.reconstruction import format_reconstruction_dice, reconstruction_dice
 
     result = reconstruction_dice(args.vae, args.segmenter, data=args.data, subsets=args.subset, which=args.which,
                                  limit=args.limit, device=args.device)
     print(format_reconstruction_dice(result))
     if args.out:
-        from pathlib import Path
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_json_out(args.out, result)
     return 0
 
 
