@@ -117,7 +117,7 @@ PLAN: dict[str, Any] = {
 }
 
 
-# The full plan's ORDER runs are several hundred CPU hours here (bench/results/table4_fair/README.md);
+# The full plan's 48 ORDER runs are about 115 single-thread hours here (bench/results/table4_fair/README.md);
 # the compact plan is the same protocol with 20 epochs (the CPU Table 4's count), steps matched alike.
 COMPACT_PLAN: dict[str, Any] = deepcopy(PLAN)
 COMPACT_PLAN["name"] = "table4_fair_compact"
