@@ -17,7 +17,11 @@ def gen(load_bench):
 
 def test_the_plan_measures_the_standard_sampler_on_every_test_mask(gen):
     plan = gen.PLAN
-    assert set(plan["generators"]) == {"law", "uniform"} and plan["resolution"] == 64
+    assert set(plan["generators"]) == {"law", "uniform", "law_long", "uniform_long"} and plan["resolution"] == 64
+    # a continued generator is its chain's last length, and the chain covers both objectives
+    for name in ("law_long", "uniform_long"):
+        spec = plan["generators"][name]
+        assert spec["continues"] in plan["longer"]["generators"] and spec["max_steps"] == plan["longer"]["steps"][-1]
     assert plan["test_subsets"] == ["Kvasir", "CVC-ClinicDB"]
     assert plan["sampling"]["steps"] == 50 and plan["sampling"]["cfg"] == 10.0
     assert sorted(m for m, _ in plan["sampling"]["pools"]) == [1.0, 3.0]
@@ -60,3 +64,20 @@ def test_fid_kid_on_features(gen, monkeypatch):
 
     with pytest.raises(DataError, match="unequal counts"):
         gen.fid_kid(real, real[:20])
+
+
+def test_continued_generators_come_after_their_chain_and_reuse_its_pool(gen, tmp_path):
+    bench = gen.Bench(gen.tiny_plan(), tmp_path)
+    names = [name for name, _ in bench.pieces()]
+    last = bench.plan["longer"]["steps"][-1]
+    assert names.index("controlnet_law_long") > names.index(f"pool_law_{last}_mg1_s0")
+    assert names.index("quality_law_long") > names.index("diversity_pool_law_long")
+    # the chain's last pool is the same model and command: copied, not resampled
+    source = gen.pool_name(f"law_{last}", 1.0, 0)
+    (tmp_path / "pools" / source / "procedural" / "images").mkdir(parents=True)
+    (tmp_path / "pools" / source / "procedural" / "images" / "a.png").write_bytes(b"png")
+    bench.finish(source, {"generator": f"law_{last}", "summary": {"dice": 0.5}})
+    record = bench.pool("law_long", 1.0, 0)
+    assert record["copied_from"] == source and record["generator"] == "law_long" and record["summary"]["dice"] == 0.5
+    assert (tmp_path / "pools" / gen.pool_name("law_long", 1.0, 0) / "procedural" / "images" / "a.png").is_file()
+
