@@ -9,6 +9,15 @@ than 3 h on one core here), then the best weights are scored on every test subse
     OMP_NUM_THREADS=1 nohup python bench/seg_protocol.py --resume > bench/results/seg_protocol/log.txt 2>&1 &
     python bench/seg_protocol.py --table      # only rewrite the table from what is on disk
     python bench/seg_protocol.py --list       # the job order and each run's state
+    OMP_NUM_THREADS=1 python bench/seg_protocol.py --rescore   # add HD95/NSD to finished runs' eval.json
+
+``--rescore`` re-scores each finished run's best weights exactly as the grid did (same data, test
+subsets, image size, channels and threshold from its config.yaml) with HD95 and NSD
+(``--nsd-tolerance``, 2 px) added, checks that the Dice/IoU come out bit-identical to the eval.json
+the grid wrote (else it stops, writing nothing for that run), and replaces eval.json/md atomically;
+runs that already have HD95/NSD are skipped, so it resumes. New runs are scored with HD95/NSD.
+The table then shows them per subset and over subsets as secondary metrics: the decision rule
+below stays on Dice.
 
 Runs are taken in this order: seed 0 of polyps order, polyps mk_unet, brisc order, brisc mk_unet,
 then seed 1 of those four, ... then the polyps controls seed by seed. ``--resume`` skips finished
@@ -44,6 +53,7 @@ from +3 to +1 points and its verdict (inconclusive, CI upper end +7.9) does not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -62,6 +72,7 @@ DATASETS = {"polyps": ROOT.parent / "shared" / "data" / "polyps", "brisc": ROOT.
 MAIN = [("polyps", "order"), ("polyps", "mk_unet"), ("brisc", "order"), ("brisc", "mk_unet")]
 CONTROLS = [("polyps", "order_se"), ("polyps", "order_cbam")]
 MIN_SEEDS = 3  # per arm, before a comparison is decided
+DEFAULT_NSD_TOLERANCE = 2.0  # px, as ``laworder seg evaluate`` (laworder.metrics.boundary)
 # ORDER's mean-Dice gain over each comparator in the paper (Table 2: MK-UNet 70.3 / 75.4 vs ORDER
 # 76.3 / 77.4 on polyps / BRISC; Table 8: SE-skip 75.3, CBAM-skip 73.3 on polyps). A CI whose upper
 # end is below half of it refutes that gain at this scale.
@@ -99,6 +110,12 @@ def parse() -> argparse.Namespace:
                         help="model_kwargs.head_init of every run; a grid folder keeps the one it was started with "
                              "(grid.json); default: that, or the models' default for a new grid")
     parser.add_argument("--table", action="store_true", help="only rewrite the table from the run folders")
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-score every finished run's best weights as the grid did, adding HD95/NSD to its "
+                             "eval.json/md (Dice/IoU must come out identical; runs that have them are skipped), "
+                             "then rewrite the table")
+    parser.add_argument("--nsd-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE, metavar="PX",
+                        help="NSD tolerance in px of new runs' scoring and of --rescore (default 2)")
     parser.add_argument("--list", action="store_true", help="print the job order and each run's state")
     parser.add_argument("--files", action="store_true",
                         help="print the files that carry the grid to the next session (for git add -f)")
@@ -256,8 +273,7 @@ def train_and_score(args: argparse.Namespace, dataset: str, model: str, seed: in
 
 
 def _train_and_score_locked(args, folder: Path, config, dataset: str, model: str, seed: int, t0: float) -> None:
-    from laworder.seg.evaluate import evaluate_records, evaluation_subsets, write_eval
-    from laworder.seg.loading import load_segmenter
+    from laworder.seg.evaluate import write_eval
     from laworder.seg.train import train_segmenter
 
     if state(folder) not in ("finished", "trained"):
@@ -268,12 +284,158 @@ def _train_and_score_locked(args, folder: Path, config, dataset: str, model: str
                         "threads": args.threads})
         provenance.write_text(json.dumps({"command": command_for(args), "recipe": RECIPE, "sessions": history}, indent=2))
         train_segmenter(config)
-    network, saved = load_segmenter(folder, "best")
-    subsets = evaluation_subsets(saved.data, saved.layout)
-    result = evaluate_records(network, subsets, saved.image_size, saved.channels, saved.threshold)
-    write_eval(result, folder, f"{model} seed {seed} ({dataset})")
+    result = score_run(folder, getattr(args, "nsd_tolerance", DEFAULT_NSD_TOLERANCE))
+    write_eval(result, folder, eval_title(dataset, model, seed))
     print(f"[seg_protocol] {dataset} {model} seed {seed}: mean Dice {100 * result.mean['dice']:.1f} "
           f"({time.time() - t0:.0f} s this session)", flush=True)
+
+
+def eval_title(dataset: str, model: str, seed: int) -> str:
+    """The title of a run's eval.md (the grid's scoring and the rescore write the same one)."""
+    return f"{model} seed {seed} ({dataset})"
+
+
+# How ``evaluate_records`` has run the network over the grid's life (a grid process imports its code
+# once, at its start, and kept scoring with it for hours): "folded" is today's inference copy
+# (BatchNorm folded into the convolutions, be5500e, 2026-12-02 04:37 UTC, and channels_last for the
+# MK-UNet family); "unfolded" the eval-mode network with channels_last, as from ae787b8 (2026-12-01
+# 23:39); "plain" the eval-mode network as it is. The three agree to float rounding, which can flip
+# a pixel whose probability sits at the threshold, so a rescore finds the one that reproduces a
+# run's committed Dice/IoU bit for bit.
+SCORING_PATHS = ("folded", "unfolded", "plain")
+
+
+def _network_for(path: str):
+    """``inference_model``'s replacement for scoring ``path`` (None: today's, unpatched)."""
+    import copy
+
+    import torch
+
+    if path == "folded":
+        return None
+
+    def prepare(model, device=None, compile=False, compile_fn=None):
+        prepared = copy.deepcopy(model).eval()
+        if device is not None:
+            prepared = prepared.to(device)
+        if path == "unfolded" and getattr(prepared, "prefers_channels_last", False):
+            prepared = prepared.to(memory_format=torch.channels_last)
+        return prepared
+
+    return prepare
+
+
+def score_run(folder: Path, nsd_tolerance: float | None = DEFAULT_NSD_TOLERANCE, path: str = "folded"):
+    """The grid's scoring of one run: its best weights on every test subset of the data, image
+    size, channels and threshold its config.yaml recorded; ``nsd_tolerance`` (px) adds HD95/NSD;
+    ``path`` (``SCORING_PATHS``) how the network is run, today's unless told.
+
+    Returns ``laworder.seg.evaluate.EvalResult`` (per image, per subset, mean over subsets)."""
+    from unittest import mock
+
+    import laworder.seg.evaluate as evaluate
+    from laworder.seg.loading import load_segmenter
+
+    if path not in SCORING_PATHS:
+        raise ValueError(f"unknown scoring path {path!r}; known: {', '.join(SCORING_PATHS)}")
+    network, saved = load_segmenter(folder, "best")
+    subsets = evaluate.evaluation_subsets(saved.data, saved.layout)
+    replacement = _network_for(path)
+    with mock.patch.object(evaluate, "inference_model", replacement) if replacement else contextlib.nullcontext():
+        return evaluate.evaluate_records(network, subsets, saved.image_size, saved.channels, saved.threshold,
+                                         nsd_tolerance=nsd_tolerance)
+
+
+def has_boundary(evaluation: dict) -> bool:
+    """Whether an eval.json payload already holds HD95 and NSD (mean over subsets)."""
+    return "hd95" in evaluation.get("mean", {}) and "nsd" in evaluation.get("mean", {})
+
+
+def check_same_overlap(old: dict, new: dict, where: Path) -> None:
+    """Raise RuntimeError unless ``new`` (an eval.json payload) has exactly the Dice/IoU of ``old``:
+    the same images per subset with bit-identical per-image, per-subset and mean scores. That is
+    what shows a rescore repeated the grid's evaluation rather than a different one."""
+    def overlap(evaluation: dict) -> dict:
+        return {"per_image": {subset: [(r["stem"], r["dice"], r["iou"]) for r in rows]
+                              for subset, rows in evaluation["per_image"].items()},
+                "subsets": {subset: (v["dice"], v["iou"], v["n"]) for subset, v in evaluation["subsets"].items()},
+                "mean": (evaluation["mean"]["dice"], evaluation["mean"]["iou"])}
+
+    before, after = overlap(old), overlap(new)
+    if before == after:
+        return
+    if before["per_image"].keys() != after["per_image"].keys():
+        detail = f"subsets {sorted(before['per_image'])} before, {sorted(after['per_image'])} now"
+    else:
+        diffs = [(subset, a, b) for subset in before["per_image"]
+                 for a, b in zip(before["per_image"][subset], after["per_image"][subset]) if a != b]
+        counts = {s: (len(before["per_image"][s]), len(after["per_image"][s])) for s in before["per_image"]
+                  if len(before["per_image"][s]) != len(after["per_image"][s])}
+        detail = (f"{len(diffs)} image(s) differ, first {diffs[0][0]}: (stem, dice, iou) {diffs[0][1]} before, "
+                  f"{diffs[0][2]} now" if diffs else f"image counts {counts}" if counts else
+                  f"mean/subset summaries differ: {before['mean']} before, {after['mean']} now")
+    raise RuntimeError(f"{where}: the rescore does not reproduce the committed Dice/IoU ({detail}); "
+                       "not the grid's evaluation, nothing written")
+
+
+def rescore(args: argparse.Namespace, score=score_run) -> dict[str, int]:
+    """Re-evaluate every finished run of the grid in ``--out`` with ``score`` (the grid's scoring)
+    so that its eval.json/eval.md gain HD95 and NSD at ``args.nsd_tolerance`` px.
+
+    Resumable: a run whose eval.json has them is skipped. Each run is scored under its run lock
+    along ``SCORING_PATHS`` until one reproduces its committed Dice/IoU bit for bit
+    (``check_same_overlap``; none does: RuntimeError, nothing written for that run), then
+    eval.json (with a ``rescore`` record: the path, tolerance, command) and eval.md are replaced
+    atomically (temp file, rename).
+    Returns the counts {"rescored", "skipped", "unfinished"}."""
+    from laworder.outputs import write_json_atomic, write_text_atomic
+    from laworder.runlock import run_lock
+    from laworder.seg.evaluate import format_markdown
+
+    out, counts = Path(args.out), {"rescored": 0, "skipped": 0, "unfinished": 0}
+    for dataset, model, seed in grid_cells(args):
+        folder = run_dir(out, dataset, model, seed)
+        if state(folder) != "finished":
+            counts["unfinished"] += 1
+            continue
+        committed = json.loads((folder / "eval.json").read_text())
+        if has_boundary(committed):
+            tolerance = committed.get("boundary", {}).get("nsd_tolerance_px")
+            if tolerance != args.nsd_tolerance:
+                raise SystemExit(f"{folder / 'eval.json'} holds NSD at {tolerance} px, not --nsd-tolerance "
+                                 f"{args.nsd_tolerance:g}; one table cannot mix tolerances")
+            counts["skipped"] += 1
+            continue
+        t0 = time.time()
+        with run_lock(folder, "seg_protocol rescore"):
+            tried = []
+            for path in SCORING_PATHS:  # today's first; older ones for runs a process scored with older code
+                result = score(folder, args.nsd_tolerance, path)
+                payload = json.loads(json.dumps(result.to_json()))  # as eval.json will hold it
+                try:
+                    check_same_overlap(committed, payload, folder / "eval.json")
+                    break
+                except RuntimeError as exc:
+                    tried.append(f"{path}: {exc}")
+            else:
+                raise RuntimeError("no scoring path reproduces the committed Dice/IoU, nothing written; "
+                                   + " | ".join(tried))
+            payload["rescore"] = {"scoring_path": path, "nsd_tolerance_px": args.nsd_tolerance,
+                                  "command": rescore_command(args), "commit": git_commit(),
+                                  "check": "per-image, per-subset and mean Dice/IoU identical to the eval.json "
+                                           "the grid wrote (compared before replacing it)"}
+            write_json_atomic(folder / "eval.json", payload)
+            write_text_atomic(folder / "eval.md", format_markdown(result, eval_title(dataset, model, seed)))
+        counts["rescored"] += 1
+        print(f"[seg_protocol] rescored {dataset} {model} seed {seed} ({path}): Dice {100 * result.mean['dice']:.1f} "
+              f"(identical), HD95 {result.mean['hd95']:.2f} px, NSD {100 * result.mean['nsd']:.1f} % "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    return counts
+
+
+def rescore_command(args: argparse.Namespace) -> str:
+    tolerance = "" if args.nsd_tolerance == DEFAULT_NSD_TOLERANCE else f" --nsd-tolerance {args.nsd_tolerance:g}"
+    return f"OMP_NUM_THREADS=1 python bench/seg_protocol.py{out_flag(args)} --rescore{tolerance}"
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -312,15 +474,19 @@ def profile(models: list[str], image_size: int, repeats: int, channels: int = 3)
             for m, net in nets.items()}
 
 
-def _pm(values: list[float]) -> str:
+def _pm(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    """Mean ± sample std of ``values`` × ``scale`` (percent by default; 1 for HD95 in px)."""
     from laworder.metrics.overlap import mean_std
 
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
+        return f"{scale * values[0]:.{digits}f}"
     m, s = mean_std(values)
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
+    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+
+
+BOUNDARY = ("hd95", "nsd")  # secondary metrics of the table; the decision rule stays on Dice
 
 
 def collect(args: argparse.Namespace, grid: list[tuple[str, str, int]]) -> dict:
@@ -344,8 +510,13 @@ def collect(args: argparse.Namespace, grid: list[tuple[str, str, int]]) -> dict:
                         train_seconds=saved.get("seconds"))  # summed over sessions, up to the checkpoint
         if cell["state"] == "finished":
             ev = json.loads((folder / "eval.json").read_text())
-            cell["subsets"] = {k: {"dice": v["dice"], "iou": v["iou"], "n": v["n"]} for k, v in ev["subsets"].items()}
+            keys = ("dice", "iou", "n") + tuple(k for k in BOUNDARY if k in ev["mean"])
+            cell["subsets"] = {k: {key: v[key] for key in keys} for k, v in ev["subsets"].items()}
             cell["mean"] = ev["mean"]
+            if ev.get("boundary"):  # how HD95/NSD were measured (tolerance, grid), once rescored
+                cell["boundary"] = ev["boundary"]
+            if ev.get("rescore"):
+                cell["rescore"] = {k: ev["rescore"][k] for k in ("scoring_path", "command")}
         cells.append(cell)
     return {"cells": cells}
 
@@ -417,6 +588,7 @@ def format_table(payload: dict) -> str:
                     f"{p['cpu_ms_min']:.1f}" if p else "–"]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += format_boundary_table(mine, subsets)
         comparisons = payload["comparisons"].get(dataset, [])
         if comparisons:
             lines += ["| Comparison (mean Dice, points) | Seeds ORDER / other | Paired per-seed difference | "
@@ -435,6 +607,37 @@ def format_table(payload: dict) -> str:
         state_rows.append(f"| {c['dataset']} {c['model']} seed {c['seed']} | {c['state']} | {step} | {hours} |")
     lines += ["### Runs", ""] + state_rows + [""]
     return "\n".join(lines)
+
+
+def format_boundary_table(cells: list[dict], subsets: list[str]) -> list[str]:
+    """Markdown lines of one dataset's HD95 (px, lower is better) / NSD (%, higher is better) table,
+    per subset and mean over subsets, mean ± sample std over the finished seeds that have them
+    (``--rescore``); empty when no run has them."""
+    done = [c for c in cells if c["state"] == "finished"]
+    scored = [c for c in done if all(k in c["mean"] for k in BOUNDARY)]
+    if not scored:
+        return []
+    tolerances = sorted({c.get("boundary", {}).get("nsd_tolerance_px") for c in scored}, key=str)
+    if len(tolerances) != 1 or tolerances[0] is None:
+        raise RuntimeError(f"runs' NSD tolerances differ or are unrecorded ({tolerances}); rescore them with one --nsd-tolerance")
+    tolerance = tolerances[0]
+    grid = "×".join(map(str, scored[0].get("boundary", {}).get("grid_px", []))) or "?"
+    head = (["Model", "Seeds with HD95/NSD"] + [f"{s} {m}" for s in subsets for m in ("HD95 (px)", f"NSD ({tolerance:g} px)")]
+            + ["Mean HD95 (px)", f"Mean NSD ({tolerance:g} px)"])
+    lines = [f"Boundary metrics (secondary; the decision rule stays on Dice): HD95 in px on the {grid} grid (lower is "
+             f"better; an image with exactly one empty mask scores the image diagonal), NSD at {tolerance:g} px tolerance "
+             "in % (higher is better); per image, mean per subset, then over subsets; mean ± sample std over seeds.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in dict.fromkeys(c["model"] for c in cells):
+        runs = [c for c in done if c["model"] == model]
+        have = [c for c in runs if c in scored]
+        row = [LABELS.get(model, model), f"{len(have)}/{len(runs)}"]
+        for s in subsets:
+            row += [_pm([c["subsets"][s]["hd95"] for c in have if s in c["subsets"]], scale=1),
+                    _pm([c["subsets"][s]["nsd"] for c in have if s in c["subsets"]])]
+        row += [_pm([c["mean"]["hd95"] for c in have], scale=1), _pm([c["mean"]["nsd"] for c in have])]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def write_table(args: argparse.Namespace) -> dict:
@@ -460,11 +663,18 @@ def write_table(args: argparse.Namespace) -> dict:
         dataset: [item for comparator in COMPARATORS
                   if (item := compare(out, payload["cells"], dataset, comparator)) is not None]
         for dataset in args.datasets}
+    commands = {c["rescore"]["command"] for c in payload["cells"] if c.get("rescore")}
+    rescored = bool(commands)
+    if rescored:
+        payload["rescore_command"] = " / ".join(sorted(commands))
     table = format_table(payload)
     paper = args.epochs == 100 and args.lr == 1e-4 and args.max_steps is None
     recipe = "Table 12 recipe" if paper else f"NOT the paper protocol: {args.epochs} epochs, lr {args.lr:g}"
     header = (f"# {args.title} at {args.image_size}² ({recipe}, CPU, one thread per run)\n\n"
-              f"Command: `{payload['command']}` (then `python bench/seg_protocol.py{out_flag(args)} --table`)\n\n"
+              f"Command: `{payload['command']}` (then `python bench/seg_protocol.py{out_flag(args)} --table`)"
+              + (f"; HD95/NSD added to the finished runs' eval.json by `{payload['rescore_command']}` (re-scores each "
+                 "run's best weights as the grid did and checks its Dice/IoU come out identical)" if rescored else "")
+              + "\n\n"
               f"Recipe: AdEMAMix, lr {args.lr:g}, wd 1e-4, cosine to 1e-6, {args.epochs} epochs, batch {args.batch_size}, "
               f"BCE + Dice, h/v flips and ±90° rotations, output heads initialised `{args.head_init}`, "
               "a fresh 90/10 train/val split per seed, best validation "
@@ -508,7 +718,13 @@ def main() -> None:
             print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         return
     args.head_init = grid_head_init(args)  # resolved once: every run, command and table use it
-    if not args.table:
+    if args.rescore:
+        if not args.nsd_tolerance > 0:
+            raise SystemExit(f"--nsd-tolerance must be > 0, got {args.nsd_tolerance:g}")
+        counts = rescore(args)
+        print(f"[seg_protocol] rescore: {counts['rescored']} rescored, {counts['skipped']} already had HD95/NSD, "
+              f"{counts['unfinished']} unfinished", flush=True)
+    elif not args.table:
         record_grid(args, args.head_init)
         trained = 0
         for dataset, model, seed in jobs(args):

@@ -202,3 +202,123 @@ def test_commands_for_a_grid_outside_the_default_folder_name_it(protocol):
     assert protocol.out_flag(args("/x/seg_protocol_balanced")) == " --out bench/results/seg_protocol_balanced"
     assert " --out bench/results/seg_protocol_balanced " in protocol.command_for(args("/x/seg_protocol_balanced"))
     assert "--out" not in protocol.command_for(args("bench/results/seg_protocol"))
+
+
+# --- --rescore: HD95/NSD added to finished runs, Dice/IoU reproduced bit for bit -------------------
+
+
+@pytest.fixture(scope="module")
+def scored_grid(protocol, tmp_path_factory):
+    """A grid with one finished run (an MK-UNet with random weights and BatchNorm statistics, on 12
+    procedural 32² pairs) whose eval.json is what the grid wrote before HD95/NSD existed: Dice/IoU
+    only. Built by hand, not trained: the rescore only reads config.yaml, run.json and model/best."""
+    import torch
+
+    from laworder.config import save_config
+    from laworder.data.procedural import generate_procedural
+    from laworder.models import create_model
+    from laworder.seg.config import SegTrainConfig
+    from laworder.seg.evaluate import write_eval
+    from laworder.training.checkpoint import save_weights
+
+    root = tmp_path_factory.mktemp("rescore")
+    data = generate_procedural(root / "proc", num_images=12, size=32, seed=0)
+    folder = protocol.run_dir(root / "grid", "polyps", "mk_unet", 0)
+    (folder / "model" / "best").mkdir(parents=True)
+    save_config(SegTrainConfig(data=str(data), model="mk_unet", image_size=32), folder / "config.yaml")
+    torch.manual_seed(0)
+    network = create_model("mk_unet", in_channels=3)
+    for module in network.modules():  # statistics a trained network has, so folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    save_weights(network, folder / "model" / "best" / "model.safetensors")
+    (folder / "run.json").write_text(json.dumps({"global_step": 10, "total_steps": 10}))
+    old = protocol.score_run(folder, None, "plain")
+    assert "hd95" not in old.mean and not old.boundary
+    write_eval(old, folder, protocol.eval_title("polyps", "mk_unet", 0))
+    return root / "grid", folder
+
+
+def rescore_args(out: Path, tolerance: float = 2.0):
+    import argparse
+
+    return argparse.Namespace(out=str(out), nsd_tolerance=tolerance, datasets=["polyps"], models=["mk_unet"], seeds=[0])
+
+
+def copy_grid(grid: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    shutil.copytree(grid, tmp_path / "grid")
+    return tmp_path / "grid", tmp_path / "grid" / "polyps" / "mk_unet" / "seed0"
+
+
+def test_rescore_keeps_dice_adds_hd95_nsd_and_skips_a_rescored_run(protocol, scored_grid, tmp_path):
+    out, folder = copy_grid(scored_grid[0], tmp_path)
+    before = json.loads((folder / "eval.json").read_text())
+    assert protocol.rescore(rescore_args(out)) == {"rescored": 1, "skipped": 0, "unfinished": 0}
+    after = json.loads((folder / "eval.json").read_text())
+    for subset, rows in before["per_image"].items():  # the same images, the same Dice/IoU to the bit
+        assert [(r["stem"], r["dice"], r["iou"]) for r in rows] == \
+               [(r["stem"], r["dice"], r["iou"]) for r in after["per_image"][subset]]
+        assert all(r["hd95"] >= 0 and 0 <= r["nsd"] <= 1 for r in after["per_image"][subset])
+    assert (after["mean"]["dice"], after["mean"]["iou"]) == (before["mean"]["dice"], before["mean"]["iou"])
+    assert {"hd95", "nsd"} <= set(after["mean"]) and after["boundary"]["nsd_tolerance_px"] == 2.0
+    assert after["rescore"]["scoring_path"] in protocol.SCORING_PATHS and "--rescore" in after["rescore"]["command"]
+    assert "HD95 (px)" in (folder / "eval.md").read_text()
+    assert not list(folder.glob("*.tmp*"))
+
+    def must_not_run(*_):
+        raise AssertionError("a run with HD95/NSD was scored again")
+
+    assert protocol.rescore(rescore_args(out), score=must_not_run) == {"rescored": 0, "skipped": 1, "unfinished": 0}
+    with pytest.raises(SystemExit, match="NSD at 2.0 px, not --nsd-tolerance 3"):  # one table, one tolerance
+        protocol.rescore(rescore_args(out, 3.0), score=must_not_run)
+
+
+def test_a_rescore_that_does_not_reproduce_the_dice_fails_and_writes_nothing(protocol, scored_grid, tmp_path):
+    out, folder = copy_grid(scored_grid[0], tmp_path)
+    committed = (folder / "eval.json").read_bytes()
+    real = protocol.score_run
+    calls = []
+
+    def off_by_a_pixel(run, tolerance, path):
+        calls.append(path)
+        result = real(run, tolerance, path)
+        row = next(iter(result.per_image.values()))[0]
+        row["dice"] = row["dice"] - 1e-6
+        return result
+
+    with pytest.raises(RuntimeError, match="no scoring path reproduces the committed Dice/IoU.*image\\(s\\) differ"):
+        protocol.rescore(rescore_args(out), score=off_by_a_pixel)
+    assert calls == list(protocol.SCORING_PATHS)  # every path tried before giving up
+    assert (folder / "eval.json").read_bytes() == committed
+
+    def only_plain(run, tolerance, path):  # an older code path reproduces it: that one is kept
+        result = real(run, tolerance, "plain")
+        if path != "plain":
+            next(iter(result.per_image.values()))[0]["dice"] += 1e-6
+        return result
+
+    assert protocol.rescore(rescore_args(out), score=only_plain)["rescored"] == 1
+    assert json.loads((folder / "eval.json").read_text())["rescore"]["scoring_path"] == "plain"
+
+
+def test_the_table_shows_hd95_and_nsd_per_subset_beside_dice(protocol, scored_grid, tmp_path):
+    out, folder = copy_grid(scored_grid[0], tmp_path)
+    args = rescore_args(out)
+    cells = protocol.grid_cells(args)
+
+    def table() -> str:
+        payload = protocol.collect(args, cells)
+        payload.update(profile={}, comparisons={}, protocol={"image_size": 32})
+        return protocol.format_table(payload)
+
+    assert "HD95" not in table()  # nothing rescored yet: the Dice table alone
+    protocol.rescore(args)
+    text = table()
+    subset = next(iter(json.loads((folder / "eval.json").read_text())["subsets"]))
+    assert f"| Model | Seeds with HD95/NSD | {subset} HD95 (px) | {subset} NSD (2 px) | Mean HD95 (px) | Mean NSD (2 px) |" in text
+    assert "the decision rule stays on Dice" in text and "| MK-UNet | 1/1 |" in text
+    ev = json.loads((folder / "eval.json").read_text())
+    assert f"| {ev['mean']['hd95']:.1f} | {100 * ev['mean']['nsd']:.1f} |" in text
