@@ -573,7 +573,9 @@ def write_figure(bench: Bench, out: Path, rows: int = 6) -> Path:
         dataset = PairDataset([records[s] for sub, s in picks if sub == subset], size=plan["resolution"], channels=3)
         for i, (sub, s) in enumerate([p for p in picks if p[0] == subset]):
             real[(sub, s)] = dataset[i]["image"].permute(1, 2, 0).numpy()
-    columns = ["mask"] + [f"{g} mg{m:g}" for g in gens for m in (1.0, 3.0)] + ["real image"]
+    steps = {g: spec.get("max_steps", plan["controlnet"]["max_steps"]) for g, spec in plan["generators"].items()}
+    names = {g: plan["generators"][g].get("continues", g) for g in gens}
+    columns = ["mask"] + [f"{names[g]} {steps[g]} st. mg{m:g}" for g in gens for m in (1.0, 3.0)] + ["real image"]
     fig, axes = plt.subplots(len(picks), len(columns), figsize=(1.45 * len(columns), 1.45 * len(picks)), squeeze=False)
     for r, (subset, stem) in enumerate(picks):
         folder = bench.pool_folder(gens[0], 1.0, 0) / subset
@@ -676,7 +678,8 @@ def markdown(results: dict) -> str:
                          f"| {probe.get('probe_gap_lesion', float('nan')):.4f} | {probe.get('probe_gap_boundary', float('nan')):.4f} "
                          f"| {r.get('training_seconds') or 0:.0f} |")
     if results.get("figure"):
-        lines += [f"Figure (masks | LAW mg1/mg3 | uniform mg1/mg3 | real): `{results['figure']}`"]
+        lines += ["", "Figure (masks | each generator at mask guidance 1 and 3, 700 and 2800 training steps | real image): "
+                  f"`{results['figure']}`"]
     lines += ["", f"Pieces done: {len(results['pieces_done'])}", ""]
     return "\n".join(lines)
 
