@@ -191,16 +191,18 @@ def tiny_amended_plan(source: Path, arms: list[str] | None = None) -> dict[str, 
 
 
 # --- pieces -----------------------------------------------------------------------------------
-class Bench:
-    """The plan's pieces in order, with their done markers under ``out/pieces``."""
+class PieceBook:
+    """A benchmark made of pieces: ``pieces/<name>.json`` marks a finished piece (written whole),
+    and each ``laworder`` command runs in this process. ``tag`` prefixes what it prints."""
 
-    def __init__(self, plan: dict[str, Any], out: Path, dry: bool = False) -> None:
-        self.plan, self.out, self.dry = plan, out, dry
+    tag = "bench"
+
+    def __init__(self, plan: dict[str, Any], out: Path) -> None:
+        self.plan, self.out = plan, out
         self.pieces_dir = out / "pieces"
         data = plan["data"]
         self.data = data if data.startswith("procedural") else str((ROOT / data).resolve())
 
-    # bookkeeping -------------------------------------------------------------------------
     def finished(self, name: str) -> bool:
         """Whether piece ``name`` is done, without reading its (up to 50 kB) record."""
         return (self.pieces_dir / f"{name}.json").is_file()
@@ -216,18 +218,31 @@ class Bench:
         os.replace(tmp, self.pieces_dir / f"{name}.json")
         return record
 
+    def before_group(self) -> None:
+        """Checks run before every group of pieces (e.g. pinned weights unchanged)."""
+
     def laworder(self, *args: str) -> tuple[str, float]:
         """Run ``laworder ARGS`` in this process (one process, one thread: the 2-core machine is
         shared) and return (the command line, seconds)."""
         from laworder.cli import main as laworder_main
 
         shown = "laworder " + " ".join(args)
-        print(f"[synth_fair] $ {shown}", flush=True)
+        print(f"[{self.tag}] $ {shown}", flush=True)
         started = time.time()
         code = laworder_main(list(args))
         if code != 0:
-            raise SystemExit(f"[synth_fair] failed ({code}): {shown}")
+            raise SystemExit(f"[{self.tag}] failed ({code}): {shown}")
         return shown, time.time() - started
+
+
+class Bench(PieceBook):
+    """The plan's pieces in order, with their done markers under ``out/pieces``."""
+
+    tag = "synth_fair"
+
+    def __init__(self, plan: dict[str, Any], out: Path, dry: bool = False) -> None:
+        super().__init__(plan, out)
+        self.dry = dry
 
     def run_path(self, *parts: str) -> Path:
         """A run folder of this plan; an adopted run (``plan["reuse"]``: vae, base, judge) where the
@@ -236,6 +251,9 @@ class Bench:
         if reuse and len(parts) == 1 and parts[0] in reuse["runs"]:
             return ROOT / reuse["root"] / reuse["runs"][parts[0]]
         return self.out / "runs" / Path(*parts)
+
+    def before_group(self) -> None:
+        self.check_adopted()
 
     def check_adopted(self) -> None:
         """Refuse to go on when an adopted run's weights changed since its adopt piece pinned them."""
@@ -691,7 +709,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.0) -> list[str]:
+def run_pieces(bench: PieceBook, until: str | None = None, poll_seconds: float = 15.0) -> list[str]:
     """Do every unfinished piece (up to ``until``); returns the names this process did.
 
     Several processes may run at once (``run`` in two shells on two cores): each takes the first
@@ -708,10 +726,10 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
         todo = [(group, needs, items) for group, needs, items in groups if group not in done]
         if not todo:
             return ran
-        ready = next(((g, items) for g, needs, items in todo if set(needs) <= done and claim(claims, g)), None)
+        ready = next(((g, items) for g, needs, items in todo if set(needs) <= done and claim(claims, g, bench.tag)), None)
         if ready is None:
             # the first unfinished group only needs finished groups, so one is running elsewhere
-            message = (f"[synth_fair] waiting: {', '.join(g for g, _, _ in todo if claimed_by_live(claims, g))} "
+            message = (f"[{bench.tag}] waiting: {', '.join(g for g, _, _ in todo if claimed_by_live(claims, g))} "
                        "running in another process")
             if message != waiting:
                 print(message, flush=True)
@@ -720,10 +738,10 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
             continue
         group, items = ready
         try:
-            bench.check_adopted()  # before every group: an adopted run changed under a long run is refused
+            bench.before_group()  # e.g. an adopted run or pinned weights changed under a long run: refused
             for name, piece in items:
                 if not bench.finished(name):
-                    print(f"[synth_fair] piece {name}", flush=True)
+                    print(f"[{bench.tag}] piece {name}", flush=True)
                     started = time.time()
                     record = piece()
                     record.setdefault("piece_seconds", time.time() - started)
@@ -735,14 +753,14 @@ def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.
             release(claims, group)
 
 
-def claim(claims: Path, group: str) -> bool:
+def claim(claims: Path, group: str, tag: str = "synth_fair") -> bool:
     """Claim ``group`` for this process: True if it is now ours. A claim is the run lock
     (``laworder.runlock``: a flock the kernel drops if the holder dies) of ``claims/<group>/``."""
     from laworder.errors import RunLockedError
     from laworder.runlock import acquire
 
     try:
-        acquire(claims / group, what="synth_fair group")
+        acquire(claims / group, what=f"{tag} group")
     except RunLockedError:
         return False
     return True

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -46,6 +47,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/profile.py shadows stdlib
 sys.path.insert(0, str(ROOT / "src"))
+
+_spec = importlib.util.spec_from_file_location("synth_fair", HERE / "synth_fair.py")
+synth_fair = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(synth_fair)  # the piece bookkeeping (PieceBook) shared with the LAW benchmark
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "table4_fair"
 MIN_SEEDS = 3  # per arm before a decision is taken
@@ -212,41 +217,10 @@ def matched_steps(epochs: int, n_real: int, n_synthetic: int, batch_size: int) -
 
 
 # --- pieces ------------------------------------------------------------------------------------
-class Bench:
+class Bench(synth_fair.PieceBook):
     """The plan's pieces in order, with their done markers under ``out/pieces``."""
 
-    def __init__(self, plan: dict[str, Any], out: Path) -> None:
-        self.plan, self.out = plan, out
-        self.pieces_dir = out / "pieces"
-        data = plan["data"]
-        self.data = data if data.startswith("procedural") else str((ROOT / data).resolve())
-
-    # bookkeeping -------------------------------------------------------------------------
-    def finished(self, name: str) -> bool:
-        return (self.pieces_dir / f"{name}.json").is_file()
-
-    def done(self, name: str) -> dict | None:
-        path = self.pieces_dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def finish(self, name: str, record: dict) -> dict:
-        self.pieces_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.pieces_dir / f"{name}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, self.pieces_dir / f"{name}.json")
-        return record
-
-    def laworder(self, *args: str) -> tuple[str, float]:
-        """Run ``laworder ARGS`` in this process and return (the command line, seconds)."""
-        from laworder.cli import main as laworder_main
-
-        shown = "laworder " + " ".join(args)
-        print(f"[table4_fair] $ {shown}", flush=True)
-        started = time.time()
-        code = laworder_main(list(args))
-        if code != 0:
-            raise SystemExit(f"[table4_fair] failed ({code}): {shown}")
-        return shown, time.time() - started
+    tag = "table4_fair"
 
     def pool_dir(self, generator: str, part: str) -> Path:
         return self.out / "pools" / generator / part
@@ -256,6 +230,9 @@ class Bench:
         if "adopt" in judge:
             return ROOT / judge["adopt"]["root"] / judge["adopt"]["run"]
         return self.out / "runs" / "judge"
+
+    def before_group(self) -> None:
+        self.check_pins()
 
     def check_pins(self) -> None:
         """Refuse to go on when a generator's shipped weights or the adopted judge changed since
@@ -709,57 +686,8 @@ def markdown(results: dict, plan: dict) -> str:
 # --- running -----------------------------------------------------------------------------------
 def run_pieces(bench: Bench, until: str | None = None, poll_seconds: float = 15.0) -> list[str]:
     """Do every unfinished piece (up to ``until``); returns the names this process did. Several
-    processes may run at once: each claims the first ready group (a run lock under ``claims/``)."""
-    ran: list[str] = []
-    claims, waiting = bench.out / "claims", ""
-    while True:
-        groups = bench.groups()
-        done = {group for group, _, items in groups if all(bench.finished(name) for name, _ in items)}
-        if until is not None and bench.finished(until):
-            return ran
-        todo = [(group, needs, items) for group, needs, items in groups if group not in done]
-        if not todo:
-            return ran
-        ready = next(((g, items) for g, needs, items in todo if set(needs) <= done and claim(claims, g)), None)
-        if ready is None:
-            message = "[table4_fair] waiting for groups running in another process"
-            if message != waiting:
-                print(message, flush=True)
-                waiting = message
-            time.sleep(poll_seconds)
-            continue
-        group, items = ready
-        try:
-            bench.check_pins()  # before every group: changed weights under a long run are refused
-            for name, piece in items:
-                if not bench.finished(name):
-                    print(f"[table4_fair] piece {name}", flush=True)
-                    started = time.time()
-                    record = piece()
-                    record.setdefault("piece_seconds", time.time() - started)
-                    bench.finish(name, record)
-                    ran.append(name)
-                if name == until:
-                    return ran
-        finally:
-            release(claims, group)
-
-
-def claim(claims: Path, group: str) -> bool:
-    from laworder.errors import RunLockedError
-    from laworder.runlock import acquire
-
-    try:
-        acquire(claims / group, what="table4_fair group")
-    except RunLockedError:
-        return False
-    return True
-
-
-def release(claims: Path, group: str) -> None:
-    from laworder.runlock import release as release_lock
-
-    release_lock(claims / group)
+    processes may run at once: each claims the first ready group (synth_fair's run loop)."""
+    return synth_fair.run_pieces(bench, until, poll_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
