@@ -55,7 +55,7 @@ class DemoConfig:
     # A 1.45M-parameter variant of the built-in backbone keeps the demo within minutes on 2 cores.
     synth_backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {
         "block_out_channels": [16, 32, 64], "attention_levels": [2]})
-    synth_steps: int = 200
+    synth_steps: int = 150
     synth_batch_size: int = 8
     synth_lr: float = 5e-4
     augment_pool_size: int = 64
