@@ -221,6 +221,11 @@ class PieceBook:
     def before_group(self) -> None:
         """Checks run before every group of pieces (e.g. pinned weights unchanged)."""
 
+    def print_status(self) -> None:
+        """One line per piece, in order: done or todo."""
+        for name, _ in self.pieces():
+            print(f"{'done ' if self.finished(name) else 'todo '} {name}")
+
     def laworder(self, *args: str) -> tuple[str, float]:
         """Run ``laworder ARGS`` in this process (one process, one thread: the 2-core machine is
         shared) and return (the command line, seconds)."""
@@ -807,8 +812,7 @@ def main() -> int:
         print(json.dumps(plan, indent=2))
         return 0
     if args.action == "status":
-        for name, _ in bench.pieces():
-            print(f"{'done ' if bench.finished(name) else 'todo '} {name}")
+        bench.print_status()
         return 0
     if args.action == "run":
         run_pieces(bench, args.until)

@@ -744,8 +744,7 @@ def main() -> int:
     bench = Bench(plan, out)
     command = "python bench/synth_generators.py " + " ".join(sys.argv[1:])
     if args.action == "status":
-        for name, _ in bench.pieces():
-            print(f"{'done ' if bench.finished(name) else 'todo '} {name}")
+        bench.print_status()
         return 0
     if args.action == "run":
         pieces = dict(bench.pieces())

@@ -736,8 +736,7 @@ def _main(args: argparse.Namespace, plan: dict, out: Path, argv: list[str] | Non
         print(json.dumps(record, indent=2))
         return 0
     if args.action == "status":
-        for name, _ in bench.pieces():
-            print(f"{'done ' if bench.finished(name) else 'todo '} {name}")
+        bench.print_status()
         return 0
     if args.action == "run":
         run(plan, out, command, args.until, args.replan)
