@@ -15,7 +15,15 @@ the same data, batch, steps and seeds; the paths differ only in the switches bel
     cache           cache_latents=True,  loop.channels_last=False    (one lever)
     channels_last   cache_latents=False, loop.channels_last=True     (the other lever)
     fast            the trainer's defaults now (cache_latents=True, channels_last from the task)
-    compiled        fast + loop.compile=True (``--paths``; minutes of compiling per run on 2 cores)
+    fused           fast + torch's fused AdamW (``--set loop.optimizer_kwargs.fused=true``)
+    compiled        fast + loop.compile=True (minutes of compiling per run on 2 cores)
+    unshuffle       fast + the hint encoder at the latent resolution (``backbone_kwargs.hint_input=
+                    unshuffle``): a different model (its own hint weights), so its losses differ
+    fastest         unshuffle + fused + compiled
+
+``fast`` .. ``compiled`` train the same model as ``today`` (losses equal up to float rounding);
+``unshuffle`` and ``fastest`` do not, and ``bench/synth_generators.py`` (``law_unshuffle``) measures
+what that model gives up.
 
 Paths run interleaved in rounds (each round rotates their order) in one process with one
 thread, so the shared machine's load hits every path alike. A step's time is the gap between
@@ -58,8 +66,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "cache": {"cache_latents": True, "loop": {"channels_last": False}},
     "channels_last": {"cache_latents": False, "loop": {"channels_last": True}},
     "fast": {},
+    "fused": {"loop": {"optimizer_kwargs": {"fused": True}}},
     "compiled": {"loop": {"compile": True}},
+    "unshuffle": {"backbone_kwargs": {"hint_input": "unshuffle"}},
+    "fastest": {"backbone_kwargs": {"hint_input": "unshuffle"}, "loop": {"optimizer_kwargs": {"fused": True}, "compile": True}},
 }
+#: paths that train the same model as ``today`` (the others change the hint encoder)
+SAME_MODEL = ("today", "cache", "channels_last", "fast", "fused", "compiled")
 
 
 def make_base(work: Path, data: str) -> Path:
@@ -195,13 +208,14 @@ def markdown(result: dict[str, Any]) -> str:
         "# ControlNet fine-tuning speed on CPU (issue 25 item 3)", "",
         f"Command: `{result['command']}`", "",
         f"{result['setup']}", "",
-        "| path | s/step (wall, median) | samples/s | speed-up vs today (wall) | per-round speed-ups | "
+        "| path | model | s/step (wall, median) | samples/s | speed-up vs today (wall) | per-round speed-ups | "
         "CPU s/step (median) | speed-up vs today (CPU) | first step s | run wall s | run CPU s |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["paths"].items():
         rounds = ", ".join(f"{x:.2f}" for x in row["round_speedups_vs_today"])
-        lines.append(f"| {name} | {row['median_step_seconds']:.3f} | {row['samples_per_second']:.2f} | "
+        model = "today's" if row.get("same_model", True) else "latent-res hint"
+        lines.append(f"| {name} | {model} | {row['median_step_seconds']:.3f} | {row['samples_per_second']:.2f} | "
                      f"{row['speedup_vs_today']:.2f}× | {rounds} | {row['median_step_cpu_seconds']:.3f} | "
                      f"{row['cpu_speedup_vs_today']:.2f}× | {row['median_first_step_seconds']:.2f} | "
                      f"{row['median_wall_seconds']:.1f} | {row['median_run_cpu_seconds']:.1f} |")
@@ -271,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         row["speedup_vs_today"] = rows["today"]["median_step_seconds"] / row["median_step_seconds"]
         row["cpu_speedup_vs_today"] = rows["today"]["median_step_cpu_seconds"] / row["median_step_cpu_seconds"]
         row["round_speedups_vs_today"] = [t / f for t, f in zip(rows["today"]["round_medians"], row["round_medians"])]
+    for name, row in rows.items():
+        row["same_model"] = name in SAME_MODEL
     result = {
         "command": "OMP_NUM_THREADS=1 .venv/bin/python bench/synth_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "setup": (f"{RESOLUTION}² images ({data if data.startswith('procedural') else Path(data).name}), VAE {list(VAE_CHANNELS)} "

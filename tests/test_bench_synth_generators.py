@@ -17,7 +17,8 @@ def gen(load_bench):
 
 def test_the_plan_measures_the_standard_sampler_on_every_test_mask(gen):
     plan = gen.PLAN
-    assert set(plan["generators"]) == {"law", "uniform", "law_long", "uniform_long"} and plan["resolution"] == 64
+    assert set(plan["generators"]) == {"law", "uniform", "law_long", "uniform_long", "law_unshuffle"}
+    assert plan["resolution"] == 64
     # a continued generator is its chain's last length, and the chain covers both objectives
     for name in ("law_long", "uniform_long"):
         spec = plan["generators"][name]
@@ -28,7 +29,11 @@ def test_the_plan_measures_the_standard_sampler_on_every_test_mask(gen):
     assert plan["sampling"]["diversity"]["seed"] != 0  # a second seed of the same masks
     names = [name for name, _ in gen.Bench(plan, Path("unused")).pieces()]
     assert names[:3] == ["vae", "judge", "base"]
-    for g in ("law", "uniform"):
+    # the latent-resolution hint arm: law_long's recipe and length, only the hint encoder changed
+    unshuffle = plan["generators"]["law_unshuffle"]
+    assert unshuffle["objective"] == "law" and unshuffle["max_steps"] == plan["generators"]["law_long"]["max_steps"]
+    assert unshuffle["set"] == ["backbone_kwargs.hint_input=unshuffle"]
+    for g in ("law", "uniform", "law_unshuffle"):
         assert names.index(f"controlnet_{g}") < names.index(gen.pool_name(g, 1.0, 0)) < names.index(f"quality_{g}")
         assert names.index(f"diversity_pool_{g}") < names.index(f"quality_{g}")
 

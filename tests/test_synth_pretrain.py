@@ -346,6 +346,40 @@ def test_siamese_dense_hint_fits_the_latent_resolution(data_dir, base_run):
     assert torch.isfinite(output.loss)
 
 
+def test_the_unshuffle_hint_runs_every_convolution_at_the_latent_size_and_keeps_each_mask_pixel(data_dir, base_run):
+    from laworder.synth.backbones.dense_hint import UnshuffleHintInput
+
+    task = SynthTask(controlnet_config(data_dir, base_run, backbone_kwargs={"hint_input": "unshuffle"}))
+    hint_input = task.backbone.modules["controlnet"].controlnet_cond_embedding
+    assert isinstance(hint_input, UnshuffleHintInput)
+    sizes = []
+    for conv in (m for m in hint_input.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(inputs[0].shape[-2:])))
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:10, 4:10] = 1
+    embedded = hint_input(task.backbone.mask_hint(masks))
+    assert embedded.shape[-2:] == (4, 4) and set(sizes) == {(4, 4)}  # 16² mask -> 4² latents
+    assert torch.equal(embedded, torch.zeros_like(embedded))  # zero conv_out: starts as the base
+    torch.nn.init.normal_(hint_input.conv_out.weight)
+    moved = masks.clone()
+    moved[:, :, 4, 4] = 0  # one pixel of a 4×4 latent cell
+    assert not torch.equal(hint_input(task.backbone.mask_hint(masks)), hint_input(task.backbone.mask_hint(moved)))
+    output = task.training_step({"image": torch.rand(2, 3, 16, 16), "mask": masks}, torch.Generator().manual_seed(0))
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and hint_input.layers[1].weight.grad is not None
+
+
+def test_an_unshuffle_controlnet_saves_and_samples_from_its_run(data_dir, base_run, tmp_path):
+    from laworder.synth.sampler import sample_pool
+
+    run = train_synth(controlnet_config(data_dir, base_run, tmp_path / "run", backbone_kwargs={"hint_input": "unshuffle"}))
+    saved = weights(run / "model" / "last")["controlnet"]
+    assert "controlnet_cond_embedding.layers.1.weight" in saved  # the unshuffle module's own weights
+    assert saved["controlnet_cond_embedding.layers.1.weight"].shape[1] == 3 * 4 * 4
+    pool = sample_pool(run, data_dir, tmp_path / "pool", steps=2, split="test", guidance_scale=2.0)
+    assert len(list((pool / "images").iterdir())) == 2
+
+
 def test_a_pixel_space_base_takes_a_full_resolution_controlnet(data_dir, tmp_path):
     base = train_synth(synth_config(data_dir, tmp_path / "base", "uniform", stage="base", resolution=16,
                                     backbone_kwargs={"preset": "tiny"}, loop=dict(max_steps=2, snapshot_every=0)))

@@ -83,9 +83,11 @@ class BuiltinBackbone(Backbone):
         hint_channels: ControlNet hint encoder widths; one entry = no downsampling, so the mask
             enters at the image resolution; default: as many strided steps as the VAE
             downsamples (``hint_channels_for``: (16,) in pixel space, (16, 32, 96) for 4×).
-        hint_input: ``sparse`` (ControlNet's hint encoder) or ``dense`` (Siamese-Diffusion's DHI,
+        hint_input: ``sparse`` (ControlNet's hint encoder), ``dense`` (Siamese-Diffusion's DHI,
             ``dense_hint.py``), the latter with residual blocks of ``dense_hint_channels``
-            (default (16, 32) at the image resolution; on latents one more block per 2× patch merge).
+            (default (16, 32) at the image resolution; on latents one more block per 2× patch merge),
+            or ``unshuffle`` (the sparse encoder's widths at the latent resolution after
+            space-to-depth: about a quarter less CPU per ControlNet step at 64², a different model).
         beta_schedule: DDPM schedule (default ``squaredcos_cap_v2`` in pixel space, which suits
             small images; SD's ``scaled_linear`` on latents).
         vae: a ``synth pretrain-vae`` run or a diffusers ``AutoencoderKL`` folder (or such a

@@ -1,4 +1,6 @@
-"""Dense Hint Input (Siamese-Diffusion §3.4, Fig. 2c): a ControlNet hint encoder for images.
+"""ControlNet hint encoders beside diffusers' own: Dense Hint Input and a latent-resolution one.
+
+**Dense Hint Input** (Siamese-Diffusion §3.4, Fig. 2c): a ControlNet hint encoder for images.
 
 ControlNet's sparse hint input (``ControlNetConditioningEmbedding``: a few plain convolutions)
 suits masks and edges; a real image as the hint needs more capacity for texture and colour.
@@ -7,7 +9,16 @@ with Swin's patch merging instead of strided convolutions; its last convolution 
 like ControlNet's, so training starts from the unconditioned UNet. The same module encodes the
 mask (Mask-Diffusion) and the image (Image-Diffusion).
 
-``hint_input="dense"`` on a backbone swaps it into the ControlNet (``controlnet_cond_embedding``).
+**Unshuffle** (``UnshuffleHintInput``): ControlNet's sparse encoder run at the latent resolution.
+The sparse encoder convolves the mask at the image resolution and reaches the latent size with
+strided convolutions, so on 4× latents most of its work is at 16× the latent pixel count (a quarter
+of a 64² ControlNet step on CPU, ``bench/results/synth_speed.md``). Space-to-depth first
+(``PixelUnshuffle``, as T2I-Adapter does) keeps every mask pixel, each as a channel of its latent
+cell, and the same widths then run at the latent size. A different module from the sparse one
+(its own weights): a model choice, trained and compared like one.
+
+``hint_input="dense"`` / ``"unshuffle"`` on a backbone swaps it into the ControlNet
+(``controlnet_cond_embedding``); ``"sparse"`` keeps diffusers' own.
 """
 
 from __future__ import annotations
@@ -19,7 +30,6 @@ from torch import nn
 
 from laworder.errors import ConfigError
 
-HINT_INPUTS = ("sparse", "dense")
 PAPER_DENSE_CHANNELS = (16, 32, 64, 128, 256)
 
 
@@ -94,12 +104,66 @@ class DenseHintInput(nn.Module):
         return self.conv_out(self.layers(hint))
 
 
+class UnshuffleHintInput(nn.Module):
+    """Hint ``B×conditioning_channels×H×W`` -> ``B×out_channels×(H/downsample)×(W/downsample)``,
+    every convolution at the output size.
+
+    ``PixelUnshuffle(downsample)``, then diffusers' ``ControlNetConditioningEmbedding`` layout with
+    stride 1: conv_in, SiLU, per further width a conv at the same width and one to the next
+    (each followed by SiLU), and a zero-initialised conv_out, so training starts from the
+    unconditioned UNet as with the sparse encoder.
+
+    Args:
+        conditioning_channels: channels of the hint image.
+        out_channels: the ControlNet's first block width (what the embedding is added to).
+        channels: widths (the backbone's ``hint_channels``: (16, 32, 96) for a 4× VAE).
+        downsample: the VAE's downsampling (1 in pixel space: no space-to-depth).
+    """
+
+    def __init__(self, conditioning_channels: int, out_channels: int, channels: Sequence[int], downsample: int) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if downsample < 1:
+            raise ConfigError(f"downsample must be a positive integer, got {downsample}")
+        if not channels or min(channels) < 1:
+            raise ConfigError(f"unshuffle hint channels must be positive widths, got {channels}")
+        layers: list[nn.Module] = [nn.PixelUnshuffle(downsample),
+                                   nn.Conv2d(conditioning_channels * downsample**2, channels[0], 3, padding=1), nn.SiLU()]
+        for width, next_width in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, next_width, 3, padding=1), nn.SiLU()]
+        self.layers = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.layers(hint))
+
+
+def _dense(conditioning_channels: int, out_channels: int, controlnet: nn.Module, dense_channels: Sequence[int],
+           downsample: int) -> nn.Module:
+    return DenseHintInput(conditioning_channels, out_channels, dense_channels, downsample)
+
+
+def _unshuffle(conditioning_channels: int, out_channels: int, controlnet: nn.Module, dense_channels: Sequence[int],
+               downsample: int) -> nn.Module:
+    return UnshuffleHintInput(conditioning_channels, out_channels,
+                              controlnet.config.conditioning_embedding_out_channels, downsample)
+
+
+#: hint input name -> builder of the module that replaces diffusers' own (``sparse``: kept as built)
+HINT_BUILDERS = {"sparse": None, "dense": _dense, "unshuffle": _unshuffle}
+HINT_INPUTS = tuple(HINT_BUILDERS)
+
+
 def set_hint_input(controlnet: nn.Module, hint_input: str, conditioning_channels: int,
                    dense_channels: Sequence[int], downsample: int) -> nn.Module:
-    """Give ``controlnet`` the sparse (diffusers' own, unchanged) or the dense hint input."""
-    if hint_input not in HINT_INPUTS:
+    """Give ``controlnet`` the sparse (diffusers' own, unchanged), the dense or the unshuffle
+    hint input (the latter with the sparse encoder's widths)."""
+    if hint_input not in HINT_BUILDERS:
         raise ConfigError(f"hint_input must be one of {HINT_INPUTS}, got {hint_input!r}")
-    if hint_input == "dense":
-        controlnet.controlnet_cond_embedding = DenseHintInput(
-            conditioning_channels, controlnet.config.block_out_channels[0], dense_channels, downsample)
+    build = HINT_BUILDERS[hint_input]
+    if build is not None:
+        controlnet.controlnet_cond_embedding = build(
+            conditioning_channels, controlnet.config.block_out_channels[0], controlnet, dense_channels, downsample)
     return controlnet

@@ -77,8 +77,10 @@ class StableDiffusionBackbone(Backbone):
         resolution: image size (384 in the paper; a multiple of 8 × the UNet's downsampling).
         prompt: the text condition (dropped with the task's ``cond_drop_prob``; "" is the null).
         gradient_checkpointing: trade compute for memory in the ControlNet.
-        hint_input: ``sparse`` (the ControlNet's own hint encoder) or ``dense`` (Siamese-Diffusion's
-            DHI with ``dense_hint_channels``, patch merging down to the latent size).
+        hint_input: ``sparse`` (the ControlNet's own hint encoder), ``dense`` (Siamese-Diffusion's
+            DHI with ``dense_hint_channels``, patch merging down to the latent size) or ``unshuffle``
+            (the sparse encoder's widths at the latent size after space-to-depth; new weights, so a
+            pretrained ControlNet's hint encoder is replaced).
         controlnet: build the ControlNet now (False: later, with ``add_controlnet``, after a
             fine-tuned UNet has been loaded; or never, to train the UNet alone).
     """
