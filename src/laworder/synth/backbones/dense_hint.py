@@ -64,7 +64,28 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x)).permute(0, 3, 1, 2)
 
 
-class DenseHintInput(nn.Module):
+class ZeroOutputHint(nn.Module):
+    """``layers`` then a zero-initialised 3×3 conv to the ControlNet's first width, like
+    ControlNet's own hint encoder: training starts from the unconditioned UNet.
+
+    Args:
+        layers: the encoder body (built by the subclass, so parameters initialise in its order).
+        width: the body's output channels.
+        out_channels: the ControlNet's first block width.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], width: int, out_channels: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, hint: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.layers(hint))
+
+
+class DenseHintInput(ZeroOutputHint):
     """Hint ``B×conditioning_channels×H×W`` -> ``B×out_channels×(H/downsample)×(W/downsample)``.
 
     Args:
@@ -80,7 +101,6 @@ class DenseHintInput(nn.Module):
 
     def __init__(self, conditioning_channels: int, out_channels: int, channels: Sequence[int] = PAPER_DENSE_CHANNELS,
                  downsample: int = 8) -> None:
-        super().__init__()
         channels = tuple(int(c) for c in channels)
         merges = downsample.bit_length() - 1
         if downsample < 1 or downsample != 2**merges:
@@ -95,16 +115,10 @@ class DenseHintInput(nn.Module):
                 layers.append(PatchMerging(previous))
                 previous *= 2
             layers += [nn.Conv2d(previous, channels[index], 3, padding=1), ResidualBlock(channels[index], channels[index])]
-        self.layers = nn.Sequential(*layers)
-        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, hint: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(self.layers(hint))
+        super().__init__(layers, channels[-1], out_channels)
 
 
-class UnshuffleHintInput(nn.Module):
+class UnshuffleHintInput(ZeroOutputHint):
     """Hint ``B×conditioning_channels×H×W`` -> ``B×out_channels×(H/downsample)×(W/downsample)``,
     every convolution at the output size.
 
@@ -121,7 +135,6 @@ class UnshuffleHintInput(nn.Module):
     """
 
     def __init__(self, conditioning_channels: int, out_channels: int, channels: Sequence[int], downsample: int) -> None:
-        super().__init__()
         channels = tuple(int(c) for c in channels)
         if downsample < 1:
             raise ConfigError(f"downsample must be a positive integer, got {downsample}")
@@ -131,13 +144,7 @@ class UnshuffleHintInput(nn.Module):
                                    nn.Conv2d(conditioning_channels * downsample**2, channels[0], 3, padding=1), nn.SiLU()]
         for width, next_width in zip(channels, channels[1:]):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, next_width, 3, padding=1), nn.SiLU()]
-        self.layers = nn.Sequential(*layers)
-        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, hint: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(self.layers(hint))
+        super().__init__(layers, channels[-1], out_channels)
 
 
 def _dense(conditioning_channels: int, out_channels: int, controlnet: nn.Module, dense_channels: Sequence[int],
