@@ -305,44 +305,57 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-NOTES = """Notes (measured here, one thread, the shared 2-core machine under a load of 10-17):
+NOTES = """Notes (measured 2026-12-05, one thread, the shared 2-core machine running two other one-thread
+benchmarks and a training run, load 3-4; the run wrote to /tmp/speed_full and was copied here):
 
-- **Wall clock is not usable on this machine today**: the bench got 5-15 % of a core (a 0.6 CPU-s step took
-  6-14 s of wall time), and the load changed between runs, so the wall ratios scatter. Each step's CPU time
-  (this process, one thread) is the work done whatever else runs; the CPU speed-up is the headline number.
-- **What the fast path is**: (1) the frozen VAE's posterior cached once per image (`cache_latents`, on by
-  default): synthesis training applies no augmentation to the images, so this is exact, no dihedral views
-  are needed, and the losses are **bit-identical** to today's path (table above; also tested); the one-off
-  build encodes each training image once at the first step (1450 polyp images ≈ one epoch of encoder
-  work, ~1.5 % of a 1500-step run); (2) channels_last for every network of the built-in backbone, the
-  frozen base UNet and VAE included (losses equal to ~1e-7). Together: about 1.3× fewer CPU seconds per
-  step. **The issue's 2× is not reached.**
-- **Where the remaining step goes** (one-off profiling of the fast path, CPU time): convolutions ~60 % (forward +
-  backward), running at 25-35 GFLOP/s per core, i.e. near this AVX2 core's sgemm speed (32 GFLOP/s), so
-  they are compute-bound, not layout- or overhead-bound. The ControlNet's hint encoder, which runs at the
-  full 64² image resolution (3→16→16→32→32→96→32 channels, two stride-2 steps), costs ~0.15 s of the
-  ~0.59 s step (forward + backward, weight gradients included); the 16²-latent trunks (ControlNet + the
-  frozen UNet's forward and its up path's input-gradient backward) most of the rest; AdamW 34 ms
-  (fused AdamW: 9 ms, not adopted: another optimizer name under `--set loop.optimizer` would receive the
-  flag); GroupNorm/SiLU/attention/Python dispatch the remainder (~2000 top-level ops per step).
-- **Frozen weights**: the base UNet's and VAE's parameters require no gradient and get none (the check line
-  above); autograd runs 78 convolution backwards per step = the ControlNet's convolutions (weight +
+- **Headline: the issue's 2× is not reached.** The same model trains at 1.32× today's samples per CPU
+  second (`compiled`; 1.21× without compiling), and the latent-resolution hint model, with every
+  lever together (`fastest`), at 1.55×. CPU seconds per step are the measure: each step's CPU time of
+  this one-thread process is the work done whatever else runs; wall time followed it here (1.32× /
+  1.57×) because the load was moderate, but it scatters by round.
+- **fast** (the trainer's defaults since 2026-11): (1) the frozen VAE's posterior cached once per
+  image (`cache_latents`): synthesis training applies no augmentation to the images, so this is exact,
+  no dihedral views are needed, and the losses are **bit-identical** to encoding each batch (tested);
+  the one-off build encodes each training image once at the first step (1267 polyp images ≈ one epoch
+  of encoder work); (2) channels_last for every network of the built-in backbone, the frozen base UNet
+  and VAE included (losses equal to ~1e-7).
+- **fused** (`--set loop.optimizer_kwargs.fused=true`): torch's fused AdamW; on CPU the default AdamW
+  runs its per-tensor loop (no foreach off CUDA). About 0.04 CPU s less a step here; same losses.
+  Opt-in, not the default: a default change would alter the runs of pre-registered plans in flight.
+- **compiled** (`--set loop.compile=true`): `torch.compile` of the training step, now working with a
+  private inductor cache (the test suite and this bench set `TORCHINDUCTOR_CACHE_DIR`; the earlier
+  failure was a shared /tmp cache). The first run compiled for 576 s of wall time on this machine
+  (round 0; the later rounds hit the on-disk cache and started in ~17 s, which is why the median
+  "first step" column is small). 0.603 vs 0.660 CPU s a step: inductor fuses the element-wise
+  remainder; the convolutions stay oneDNN calls. Worth it only for runs of thousands of steps.
+- **unshuffle** (`--set backbone_kwargs.hint_input=unshuffle`): ControlNet's hint encoder at the
+  latent resolution. diffusers' encoder convolves the mask at 64² and reaches 16² with stride-2 convs
+  (3→16→16→32→32→96→32 channels); space-to-depth first (`PixelUnshuffle(4)`, as T2I-Adapter does)
+  keeps every mask pixel as a channel of its latent cell and runs the same widths at 16². Forward +
+  backward of the encoder alone, batch 16: 0.07 vs 0.17 CPU s. **A different model** (its own hint
+  weights; the losses differ from the first step on by up to 9e-5, table above, as the zero-initialised
+  output starts both at the base UNet): whether it follows masks as well is measured by training it
+  (`law_unshuffle` in `bench/results/synth_generators.md`).
+- **Where the rest of the step goes** (profiling the fast path): convolutions ~60 % (forward +
+  backward) at 25-35 GFLOP/s per core, near this AVX2 core's sgemm speed (32 GFLOP/s; no AVX-512, no
+  bf16 units, so lower precision would be emulated and slower): compute-bound, not layout- or
+  overhead-bound. The 16²-latent trunks (the ControlNet's copy of the encoder + the frozen UNet's
+  forward and its up path's input-gradient backward) are most of it; AdamW 34 ms (fused: 9 ms); EMA
+  (foreach lerp) ~16 ms; data ~13 ms.
+- **Frozen weights**: the base UNet's and VAE's parameters require no gradient and get none (the check
+  line above); autograd runs 78 convolution backwards per step = the ControlNet's convolutions (weight +
   input gradients) and the frozen UNet's up path and mid block (input gradients only, to reach the
   residuals); the UNet's down path does not depend on the ControlNet and records nothing. Nothing to remove.
 - **Fused attention**: the UNet and ControlNet already run diffusers' AttnProcessor2_0 (PyTorch SDPA);
   attention is ~2 % of the step.
 - **Levers measured and not adopted** (one-off profiling of the forward + backward of one batch-16 step,
   CPU ms, interleaved, not part of this script): GroupNorm kept in NCHW inside a channels_last network
-  (565 vs 531 all channels_last, 585 contiguous: CPU GroupNorm is slower in channels_last at 16², but
-  the layout copies cost more); channels_last on the hint encoder only (583 vs 559 all channels_last,
-  614 contiguous); convolution without oneDNN (im2col + GEMM: 2× slower). `torch.compile`
-  (`loop.compile`, path `compiled` here) did not work on this machine: inductor compiled for over 20
-  minutes under the load, then failed loading its own kernel (`ImportError: ... .so: file too short`,
-  the shared /tmp/torchinductor cache); the loop falls back to eager in that case.
-- **What 2× would take**: moving the mask hint to the latent resolution (hint encoder at 16² instead of
-  64²: removes most of the 0.15 s, but changes the ControlNet's architecture and its trained weights,
-  a model choice for item 2, not a faster path to the same model), plus fused AdamW and a working
-  `torch.compile` for the element-wise remainder.
+  (565 vs 531 all channels_last, 585 contiguous); channels_last on the hint encoder only (583 vs 559 all
+  channels_last, 614 contiguous); convolution without oneDNN (im2col + GEMM: 2× slower).
+- **What 2× would take** (0.40 CPU s a step against today's 0.795): a smaller trunk (fewer or narrower
+  ControlNet blocks: a different model again, and the trunk is where mask following is learned), or
+  hardware with more FLOPs per core (AVX-512/AMX, bf16) or a GPU, where the same code runs unchanged
+  through accelerate. Threads are not a lever for this measure: both paths get the same cores.
 """
 
 if __name__ == "__main__":
