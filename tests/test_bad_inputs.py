@@ -762,8 +762,11 @@ def test_ctrl_c_during_training_saves_prints_resume_and_exits_130(tmp_path):
 
     from laworder.training.checkpoint import list_checkpoints
 
+    # a terminal's Ctrl-C: the child gets the default disposition even where this test process
+    # inherited SIGINT ignored (a background job), which the child would inherit and keep
     process = subprocess.Popen([sys.executable, "-m", "laworder.cli", *argv], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 500  # a loaded machine imports torch and MONAI slowly
     while time.time() < deadline and process.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):

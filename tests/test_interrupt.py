@@ -63,11 +63,29 @@ def _assert_same_run(full: Path, resumed: Path) -> None:
     assert _train_lines(full) == _train_lines(resumed)  # same log lines, the same numbers (times aside)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_delivered():
+    """Python's own Ctrl-C handler for each test, whatever the test process inherited (a background
+    job of a non-interactive shell starts with SIGINT ignored, which the loop respects)."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_a_process_that_ignores_ctrl_c_keeps_ignoring_it(tmp_path):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    kwargs = dict(epochs=3, checkpoint_every=4, log_every=1)
+    result = fit(SigintTask(7), PointDataset(), _config(tmp_path / "b", **kwargs), val_dataset=PointDataset(8))
+    assert result.global_step == 15 and (result.run_dir / "model" / "last").is_dir()  # ignored, as asked
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 @pytest.mark.parametrize("at, log_every", [(7, 1), (3, 2), (5, 4)])
 def test_sigint_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, at, log_every):
     """First Ctrl-C: the step finishes, a checkpoint of it is written, training stops; resuming
     gives the uninterrupted run's weights and metrics.jsonl (running log sums travel along)."""
     kwargs = dict(epochs=3, checkpoint_every=4, log_every=log_every)
+    before = signal.getsignal(signal.SIGINT)
     full = fit(RegressionTask(), PointDataset(), _config(tmp_path / "a", **kwargs), val_dataset=PointDataset(8))
     with pytest.raises(TrainingInterrupted) as caught:
         fit(SigintTask(at), PointDataset(), _config(tmp_path / "b", **kwargs), val_dataset=PointDataset(8))
@@ -77,7 +95,7 @@ def test_sigint_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, at, log
     assert latest_checkpoint(run / "checkpoints").name == f"step_{at:08d}"
     assert not (run / "model" / "last").exists()  # the run did not pretend to finish
     _no_temporary(run)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     resumed = fit(RegressionTask(), PointDataset(), _config(tmp_path / "b", resume=True, **kwargs),
                   val_dataset=PointDataset(8))
     assert resumed.global_step == full.global_step

@@ -165,7 +165,9 @@ class _InterruptRequest:
     the resumed run is bit-identical to an uninterrupted one; a second one stops at once.
 
     The handler is installed only in the main thread (``signal`` allows no other), for the
-    duration of ``_fit``; the previous handler comes back afterwards."""
+    duration of ``_fit``; the previous handler comes back afterwards. A process told to ignore
+    Ctrl-C (``SIG_IGN``: ``nohup``, a background job of a non-interactive shell, where a Ctrl-C
+    meant for the foreground command reaches it too) keeps ignoring it, as Python itself does."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -174,7 +176,8 @@ class _InterruptRequest:
         self._installed = False
 
     def __enter__(self) -> "_InterruptRequest":
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
+        current = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread() and current not in (None, signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handle)
             self._installed = True
         return self
