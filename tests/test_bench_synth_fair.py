@@ -179,6 +179,20 @@ def test_the_amended_plan_is_the_issues_pre_registration(fair):
     assert fair.Bench(plan, Path("unused")).run_path("base") == fair.ROOT / "bench/results/synth_generators/runs/base"
 
 
+def test_amended2_is_the_amended_plan_training_its_own_vae_base_and_judge(fair):
+    plan, amended, compact = fair.PLANS["amended2"], fair.AMENDED_PLAN, fair.COMPACT_PLAN
+    assert "reuse" not in plan and plan["name"] == "amended2"
+    assert {k: plan[k] for k in ("vae", "judge", "base")} == {k: compact[k] for k in ("vae", "judge", "base")}
+    same = set(amended) - {"reuse", "name", "decision_rule"}
+    assert {k: plan[k] for k in same} == {k: amended[k] for k in same}  # ControlNets, pools, stats unchanged
+    assert "adopted" not in plan["decision_rule"] and "the plan's judge" in plan["decision_rule"]
+    assert plan["decision_rule"].split("(10,000")[1] == amended["decision_rule"].split("(10,000")[1].replace(
+        "ceiling = the adopted judge's", "ceiling = the judge's")
+    names = [name for name, _ in fair.Bench(plan, Path("unused")).pieces()]
+    assert names[:6] == ["vae", "judge_order", "judge_nnunet2d_16", "judge", "vae_check", "base"]
+    assert fair.Bench(plan, Path("out")).run_path("base") == Path("out") / "runs" / "base"
+
+
 def test_the_margin_is_a_fraction_of_the_headroom(fair, tmp_path):
     plan = fair.tiny_plan()
     plan["stats"].pop("margin")
