@@ -32,6 +32,9 @@ def test_plan_follows_the_issue(t4):
     assert math.isclose(stats["paper_gain"], 0.741 - 0.717) and math.isclose(stats["margin"], stats["paper_gain"] / 2)
     assert "+0.012" in plan["decision_rule"] and "dose 1x, no filter" in plan["decision_rule"]
     assert "real_epochs" in t4.PAPER and "71.7" in t4.PAPER["real_epochs"] and "74.1" in t4.PAPER["law_1x"]
+    judge = plan["filter"]["judge"]["train"]  # synth_generators' judge recipe, trained by the plan
+    assert (judge["model"], judge["epochs"], judge["lr"]) == ("nnunet2d", 12, 1e-3)
+    assert {"model_kwargs.base_filters=16", "model_kwargs.max_filters=256"} <= set(judge["set"])
 
 
 def test_primary_pieces_come_first_and_pools_use_training_masks_only(t4, tmp_path):
@@ -175,6 +178,14 @@ def test_tiny_end_to_end(t4, tmp_path, monkeypatch):
     assert [(c["arm"], c["comparator"]) for c in decisive] == [("law_1.5x", "real_1.5x")] and decisive[0]["ci"]
     md = (out / "results.md").read_text()
     assert "Real + law 1.5x" in md and "Step matching" in md and "law_1.5x − real_1.5x (primary)" in md
+    assert 0 <= bench.done("judge")["real_test"]["pooled_dice"] <= 1 and "real-test Dice" in md
     # a second run does nothing and gives the same table
     assert t4.run(plan, out, "pytest")["table"] == results["table"]
+    # adopting a judge whose real-test Dice is not the one its piece records (same folder, other weights)
+    piece = tmp_path / "judge_piece.json"
+    piece.write_text(json.dumps({"model": "order", "real_test": {"pooled_dice": 0.999}}))
+    adopting = {**plan, "filter": {**plan["filter"], "judge": {"adopt": {"root": str(out), "run": "runs/judge",
+                                                                       "piece": str(piece)}, "what": "x"}}}
+    with pytest.raises(SystemExit, match="not the same run"):
+        t4.Bench(adopting, tmp_path / "adopting").judge()
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
