@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -70,9 +71,16 @@ PATHS: dict[str, dict[str, Any]] = {
     "compiled": {"loop": {"compile": True}},
     "unshuffle": {"backbone_kwargs": {"hint_input": "unshuffle"}},
     "fastest": {"backbone_kwargs": {"hint_input": "unshuffle"}, "loop": {"optimizer_kwargs": {"fused": True}, "compile": True}},
+    # bf16 autocast (fp32 master weights, accelerate's mixed_precision): pays only on a CPU with bf16
+    # units (AVX512_BF16 / AMX); elsewhere oneDNN emulates it and it is slower
+    "bf16": {"loop": {"mixed_precision": "bf16"}},
+    "bf16_fused": {"loop": {"mixed_precision": "bf16", "optimizer_kwargs": {"fused": True}}},
+    "bf16_compiled": {"loop": {"mixed_precision": "bf16", "optimizer_kwargs": {"fused": True}, "compile": True}},
+    "bf16_unshuffle": {"backbone_kwargs": {"hint_input": "unshuffle"},
+                       "loop": {"mixed_precision": "bf16", "optimizer_kwargs": {"fused": True}, "compile": True}},
 }
 #: paths that train the same model as ``today`` (the others change the hint encoder)
-SAME_MODEL = ("today", "cache", "channels_last", "fast", "fused", "compiled")
+SAME_MODEL = ("today", "cache", "channels_last", "fast", "fused", "compiled", "bf16", "bf16_fused", "bf16_compiled")
 
 
 def make_base(work: Path, data: str) -> Path:
@@ -203,11 +211,23 @@ def frozen_gradient_check(base: Path, data: str, objective: str, batch: int) -> 
             "unet_attention_processors": processors}
 
 
+def cpu_info() -> dict[str, Any]:
+    """What decides which levers can pay: the CPU's model, the SIMD level torch dispatches to, and
+    whether oneDNN has native bf16 (AVX512_BF16 / AMX) rather than emulating it."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), None) if Path("/proc/cpuinfo").is_file() else None
+    return {"model": model or platform.processor() or platform.machine(),
+            "capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# ControlNet fine-tuning speed on CPU (issue 25 item 3)", "",
         f"Command: `{result['command']}`", "",
         f"{result['setup']}", "",
+        *([f"CPU: {result['cpu']['model']}; torch dispatches to {result['cpu']['capability']}; native bf16 "
+           f"(oneDNN): {'yes' if result['cpu']['native_bf16'] else 'no, emulated'}.", ""] if result.get("cpu") else []),
         "| path | model | s/step (wall, median) | samples/s | speed-up vs today (wall) | per-round speed-ups | "
         "CPU s/step (median) | speed-up vs today (CPU) | first step s | run wall s | run CPU s |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
@@ -267,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         data = f"procedural:48:{RESOLUTION}:0:6"
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work) if args.work else Path(scratch)
+        # a private torch.compile cache: two processes compiling into the shared
+        # /tmp/torchinductor_<user> can load each other's half-written kernels
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor"))
         base = make_base(work, data)
         runs: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
         for round_index in range(args.rounds):
@@ -295,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.rounds} rounds per path, seed 0, random weights (seed 0), {torch.get_num_threads()} thread(s)."),
         "data": data, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "batch_size": args.batch_size,
         "objective": args.objective, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "paths": rows, "frozen_gradient_check": check,
+        "machine": platform.processor() or platform.machine(), "cpu": cpu_info(), "paths": rows, "frozen_gradient_check": check,
         "notes": NOTES,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -305,14 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-NOTES = """Notes (measured 2026-12-05, one thread, the shared 2-core machine running two other one-thread
-benchmarks and a training run, load 3-4; the run wrote to /tmp/speed_full and was copied here):
+NOTES = """Notes (measured 2026-12-05 ~11:50 UTC on an AMD EPYC with AVX-512 and native bf16, one thread, the
+shared 2-core machine running three other one-thread jobs, load ~4; written to /tmp/speed_full and
+copied here. An earlier run the same day on an AVX2 machine without bf16 units measured today 0.795,
+fast 0.660, compiled 0.603, unshuffle 0.547, fastest 0.513 CPU s a step: 1.32× and 1.55×.)
 
-- **Headline: the issue's 2× is not reached.** The same model trains at 1.32× today's samples per CPU
-  second (`compiled`; 1.21× without compiling), and the latent-resolution hint model, with every
-  lever together (`fastest`), at 1.55×. CPU seconds per step are the measure: each step's CPU time of
-  this one-thread process is the work done whatever else runs; wall time followed it here (1.32× /
-  1.57×) because the load was moderate, but it scatters by round.
+- **Headline: the issue's 2× is not reached, on either machine.** Same model: 1.43× today's samples
+  per CPU second in float32 (`compiled`), 1.52× with bf16 autocast as well (`bf16_compiled`). The
+  latent-resolution hint model with bf16, fused AdamW and compiling (`bf16_unshuffle`): 1.72×. CPU
+  seconds per step are the measure: each step's CPU time of this one-thread process is the work done
+  whatever else runs; wall time scatters by round under load (column "per-round speed-ups").
 - **fast** (the trainer's defaults since 2026-11): (1) the frozen VAE's posterior cached once per
   image (`cache_latents`): synthesis training applies no augmentation to the images, so this is exact,
   no dihedral views are needed, and the losses are **bit-identical** to encoding each batch (tested);
@@ -320,42 +345,44 @@ benchmarks and a training run, load 3-4; the run wrote to /tmp/speed_full and wa
   of encoder work); (2) channels_last for every network of the built-in backbone, the frozen base UNet
   and VAE included (losses equal to ~1e-7).
 - **fused** (`--set loop.optimizer_kwargs.fused=true`): torch's fused AdamW; on CPU the default AdamW
-  runs its per-tensor loop (no foreach off CUDA). About 0.04 CPU s less a step here; same losses.
-  Opt-in, not the default: a default change would alter the runs of pre-registered plans in flight.
-- **compiled** (`--set loop.compile=true`): `torch.compile` of the training step, now working with a
-  private inductor cache (the test suite and this bench set `TORCHINDUCTOR_CACHE_DIR`; the earlier
-  failure was a shared /tmp cache). The first run compiled for 576 s of wall time on this machine
-  (round 0; the later rounds hit the on-disk cache and started in ~17 s, which is why the median
-  "first step" column is small). 0.603 vs 0.660 CPU s a step: inductor fuses the element-wise
-  remainder; the convolutions stay oneDNN calls. Worth it only for runs of thousands of steps.
+  runs its per-tensor loop (no foreach off CUDA). Same losses; a few ms a step. Opt-in, not the
+  default: a default change would alter the runs of pre-registered plans in flight.
+- **compiled** (`--set loop.compile=true`): `torch.compile` of the training step, with a private
+  inductor cache (this bench now sets `TORCHINDUCTOR_CACHE_DIR` under its work folder, the test suite
+  per process: two processes compiling into the shared /tmp cache can load each other's half-written
+  kernels; this run used the default cache with nothing else compiling). First compile here ~300 s of wall time (576 s on the AVX2 machine); inductor fuses the
+  element-wise remainder, the convolutions stay oneDNN calls. Worth it only for thousands of steps.
+- **bf16** (`--mixed-precision bf16`, accelerate's autocast; float32 master weights, saved weights
+  float32, tested): pays only where oneDNN has bf16 units (the CPU line above says whether). Here the
+  convolutions run 1.77× faster (0.96 vs 1.70 CPU s over 8 profiled steps), but GroupNorm on bf16
+  channels_last tensors is 3.4× slower (0.25 vs 0.07 s forward, 0.10 vs 0.04 backward), SiLU and the
+  casts double, so the step gains 1.13× over `fast`. Losses within 2e-4 of today's (bf16 rounding).
+  On a CPU without bf16 units it is emulated and slower: keep it off there.
 - **unshuffle** (`--set backbone_kwargs.hint_input=unshuffle`): ControlNet's hint encoder at the
   latent resolution. diffusers' encoder convolves the mask at 64² and reaches 16² with stride-2 convs
   (3→16→16→32→32→96→32 channels); space-to-depth first (`PixelUnshuffle(4)`, as T2I-Adapter does)
-  keeps every mask pixel as a channel of its latent cell and runs the same widths at 16². Forward +
-  backward of the encoder alone, batch 16: 0.07 vs 0.17 CPU s. **A different model** (its own hint
-  weights; the losses differ from the first step on by up to 9e-5, table above, as the zero-initialised
-  output starts both at the base UNet): whether it follows masks as well is measured by training it
-  (`law_unshuffle` in `bench/results/synth_generators.md`).
-- **Where the rest of the step goes** (profiling the fast path): convolutions ~60 % (forward +
-  backward) at 25-35 GFLOP/s per core, near this AVX2 core's sgemm speed (32 GFLOP/s; no AVX-512, no
-  bf16 units, so lower precision would be emulated and slower): compute-bound, not layout- or
-  overhead-bound. The 16²-latent trunks (the ControlNet's copy of the encoder + the frozen UNet's
-  forward and its up path's input-gradient backward) are most of it; AdamW 34 ms (fused: 9 ms); EMA
-  (foreach lerp) ~16 ms; data ~13 ms.
+  keeps every mask pixel as a channel of its latent cell and runs the same widths at 16². **A
+  different model** (its own hint weights; the losses differ from the first step on by up to 9e-5):
+  trained as `law_unshuffle` (bench/results/synth_generators.md), it recovers the test masks at Dice
+  0.433 at mask guidance 1 against law_long's 0.440.
+- **Where the step goes** (profile of 8 fast-path steps, fp32): convolutions forward + backward 61 %,
+  SiLU 5 %, matmuls 5 %, GroupNorm 4 %, copies 2.5 %, AdamW 2.4 % (per-tensor loop), attention 2.5 %,
+  EMA lerp 1 %, data 0.9 %. With bf16 the convolutions are 38 % and the rest grows.
 - **Frozen weights**: the base UNet's and VAE's parameters require no gradient and get none (the check
   line above); autograd runs 78 convolution backwards per step = the ControlNet's convolutions (weight +
   input gradients) and the frozen UNet's up path and mid block (input gradients only, to reach the
   residuals); the UNet's down path does not depend on the ControlNet and records nothing. Nothing to remove.
-- **Fused attention**: the UNet and ControlNet already run diffusers' AttnProcessor2_0 (PyTorch SDPA);
-  attention is ~2 % of the step.
-- **Levers measured and not adopted** (one-off profiling of the forward + backward of one batch-16 step,
-  CPU ms, interleaved, not part of this script): GroupNorm kept in NCHW inside a channels_last network
-  (565 vs 531 all channels_last, 585 contiguous); channels_last on the hint encoder only (583 vs 559 all
-  channels_last, 614 contiguous); convolution without oneDNN (im2col + GEMM: 2× slower).
-- **What 2× would take** (0.40 CPU s a step against today's 0.795): a smaller trunk (fewer or narrower
-  ControlNet blocks: a different model again, and the trunk is where mask following is learned), or
-  hardware with more FLOPs per core (AVX-512/AMX, bf16) or a GPU, where the same code runs unchanged
-  through accelerate. Threads are not a lever for this measure: both paths get the same cores.
+- **Fused attention**: the UNet and ControlNet already run diffusers' AttnProcessor2_0 (PyTorch SDPA).
+- **Levers measured and not adopted** (AVX2 machine, one-off profiling of one batch-16 step, CPU ms):
+  GroupNorm kept in NCHW inside a channels_last network (565 vs 531 all channels_last, 585
+  contiguous); channels_last on the hint encoder only (583 vs 559); convolution without oneDNN
+  (im2col + GEMM: 2× slower).
+- **Why 2× is out of reach for the same model on these CPUs**: 2× is 0.129 CPU s a step against
+  today's 0.258; the bf16 convolutions alone take 0.12 s a step, leaving ~0.01 s for everything else
+  (GroupNorm, SiLU, attention, optimizer, EMA, data), which take 0.05 s even compiled. What would:
+  a smaller trunk (fewer or narrower ControlNet blocks: a different model, and the trunk is where mask
+  following is learned), or a GPU, where the same code runs unchanged through accelerate. Threads are
+  not a lever for this measure: both paths get the same cores.
 """
 
 if __name__ == "__main__":

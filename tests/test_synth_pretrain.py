@@ -5,6 +5,7 @@ unet_trainable, the sd15 backbone with tiny random diffusers models, and ratio L
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -378,6 +379,19 @@ def test_an_unshuffle_controlnet_saves_and_samples_from_its_run(data_dir, base_r
     assert saved["controlnet_cond_embedding.layers.1.weight"].shape[1] == 3 * 4 * 4
     pool = sample_pool(run, data_dir, tmp_path / "pool", steps=2, split="test", guidance_scale=2.0)
     assert len(list((pool / "images").iterdir())) == 2
+
+
+def test_a_bf16_controlnet_run_keeps_float32_weights_and_follows_the_float32_losses(data_dir, base_run, tmp_path):
+    # bf16 autocast is the CPU speed lever where oneDNN has bf16 units (bench/synth_speed.py); the
+    # saved weights stay float32 masters and the losses track the float32 run's
+    full = train_synth(controlnet_config(data_dir, base_run, tmp_path / "fp32"))
+    half = train_synth(controlnet_config(data_dir, base_run, tmp_path / "bf16", loop={"mixed_precision": "bf16"}))
+    saved = weights(half / "model" / "last")
+    assert {t.dtype for module in saved.values() for t in module.values()} == {torch.float32}
+    losses = [[r["loss"] for r in records(run) if "loss" in r] for run in (full, half)]
+    assert len(losses[0]) == len(losses[1]) > 0 and all(math.isfinite(x) for x in losses[1])
+    assert losses[0] != losses[1]  # autocast was on
+    assert max(abs(a - b) / a for a, b in zip(*losses)) < 0.05
 
 
 def test_a_pixel_space_base_takes_a_full_resolution_controlnet(data_dir, tmp_path):
