@@ -165,6 +165,20 @@ def test_mixed_precision_bf16_trains_on_cpu_after_a_full_precision_run(tiny_data
     assert run.fit.global_step > 0 and torch.isfinite(torch.tensor(run.fit.last_logs["loss"]))
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(tiny_data, tmp_path, monkeypatch, caplog):
+    from laworder.training import loop
+
+    monkeypatch.setattr(loop, "_cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="laworder.training.loop"):
+        train_segmenter(_seg(tiny_data, tmp_path / "bf16", epochs=1, report_to="none", mixed_precision="bf16",
+                             max_steps=1))
+    assert "emulates it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="laworder.training.loop"):
+        train_segmenter(_seg(tiny_data, tmp_path / "fp32", epochs=1, report_to="none", max_steps=1))
+    assert "emulates it" not in caplog.text
+
+
 def test_gradient_checkpointing_is_enabled_on_diffusers_modules_and_refused_elsewhere(tiny_data, tmp_path):
     from laworder.synth.task import SynthTask
     from laworder.training import fit

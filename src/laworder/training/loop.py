@@ -135,8 +135,19 @@ def _make_accelerator(config: LoopConfig, tracking: RunTracking | None = None):
         # another precision would otherwise be refused
         AcceleratorState._reset_state()
     log_with = tracking.log_with() if tracking is not None else None
-    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=log_with,
-                       project_dir=str(config.output_dir))
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision, log_with=log_with,
+                              project_dir=str(config.output_dir))
+    if accelerator.device.type == "cpu" and config.mixed_precision == "bf16" and not _cpu_has_native_bf16():
+        logger.warning("--mixed-precision bf16 on a CPU without bf16 units (no AVX512_BF16/AMX): oneDNN "
+                       "emulates it, so training is slower than float32 here (bench/results/synth_speed.md)")
+    return accelerator
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
 
 
 def resolve_resume(config: LoopConfig) -> Path | None:
