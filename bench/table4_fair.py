@@ -262,8 +262,8 @@ class Bench(synth_fair.PieceBook):
     def groups(self) -> list[tuple[str, list[str], list[tuple[str, Callable[[], dict]]]]]:
         """(group, the groups it needs, its pieces), in the order one worker does them: what the
         primary decision needs first (plain pools, the dose-1x unfiltered rows and their step-matched
-        real-only row, seed by seed), then the augmented pools, the judge and its scores, then every
-        secondary row seed by seed."""
+        real-only row, seed by seed), then the augmented pools, the judge and its scores, then the
+        secondary rows one at a time with all their seeds (dose 1x filtered first)."""
         plan = self.plan
         groups: list[tuple[str, list[str], list[tuple[str, Callable[[], dict]]]]] = []
         if plan.get("tiny"):
@@ -285,13 +285,17 @@ class Bench(synth_fair.PieceBook):
                 parts.append(f"scores_{row['generator']}")
             return parts
 
-        def seg_groups(selected: list[dict]) -> None:
-            for seed in plan["seg"]["seeds"]:
-                for row in selected:
-                    name = f"seg_{row['name']}_seed{seed}"
-                    groups.append((name, needs(row), [(name, lambda r=row, s=seed: self.seg(r, s))]))
+        def seg_groups(selected: list[dict], seeds_first: bool) -> None:
+            seeds = plan["seg"]["seeds"]
+            pairs = ([(row, seed) for seed in seeds for row in selected] if seeds_first
+                     else [(row, seed) for row in selected for seed in seeds])
+            for row, seed in pairs:
+                name = f"seg_{row['name']}_seed{seed}"
+                groups.append((name, needs(row), [(name, lambda r=row, s=seed: self.seg(r, s))]))
 
-        seg_groups([row for row in table if row["name"] in primary])
+        # primary rows seed by seed (every arm of the decision advances together); secondary rows row
+        # by row, each with all its seeds: a session that stops early leaves whole rows with CIs
+        seg_groups([row for row in table if row["name"] in primary], seeds_first=True)
         for generator in plan["generators"]:
             if any(row["generator"] == generator and row["dose"] > 1.0 for row in table if row["kind"] == "synthetic"):
                 name = f"pool_{generator}_aug"
@@ -305,7 +309,7 @@ class Bench(synth_fair.PieceBook):
         # secondary rows: dose 1x first (filter), then the other doses, the step control last
         order = sorted((row for row in table if row["name"] not in primary),
                        key=lambda r: (r["kind"] == "real_epochs", r["dose"] != 1.0 if r["dose"] else True))
-        seg_groups(order)
+        seg_groups(order, seeds_first=False)
         return groups
 
     def pieces(self) -> list[tuple[str, Callable[[], dict]]]:
