@@ -95,8 +95,11 @@ def test_augmented_pool_is_identical_whatever_the_batching_and_records_each_copy
     assert one.keys() == four.keys()
     for name in one:
         # pool_state.json records the batch size; .laworder-manifest.json (laworder.outputs) when it was written
-        if name not in ("pool_state.json", ".laworder-manifest.json"):
-            assert one[name] == four[name], name  # same seeds, any batching: the same bytes
+        if name.startswith("images/"):  # the pixels up to float round-off (see test_synth_sampler)
+            first, other = (read_image(pool / name).astype(int) for pool in pools)
+            assert np.abs(first - other).max() <= 1 and (first != other).mean() < 0.01, name
+        elif name not in ("pool_state.json", ".laworder-manifest.json"):
+            assert one[name] == four[name], name  # same seeds, any batching: the same masks and records
     manifest = json.loads(one["manifest.json"])
     assert manifest["count"] == 6 and manifest["mask_augment"]["copies"] == 2 and manifest["mask_augment"]["sources"] == 3
     stems = [item["stem"] for item in manifest["items"]]

@@ -245,8 +245,11 @@ def test_pools_with_mask_guidance_are_identical_whatever_the_batching(run_dir, m
     manifest = json.loads((pools[0] / "manifest.json").read_text())
     assert manifest["mask_guidance"] == 3.0 and manifest["guidance_scale"] == 10.0
     for name in ("case_0.png", "case_1.png", "case_2.png"):
-        first = read_image(pools[0] / "images" / name)
+        first = read_image(pools[0] / "images" / name).astype(int)
         for other in pools[1:]:
-            assert np.array_equal(first, read_image(other / "images" / name))
+            # same seeds and noise whatever the batching; the pixels up to float round-off (oneDNN's
+            # kernels can round differently per batch size: 1 pixel of 3072 by 1 level on AVX-512)
+            difference = np.abs(first - read_image(other / "images" / name).astype(int))
+            assert difference.max() <= 1 and (difference > 0).mean() < 0.01
     plain = sample_pool(run_dir, mask_dir, tmp_path / "plain", steps=2, guidance_scale=10.0, seed=1, limit=1)
     assert not np.array_equal(read_image(plain / "images" / "case_0.png"), read_image(pools[0] / "images" / "case_0.png"))
