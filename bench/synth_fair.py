@@ -371,11 +371,7 @@ class Bench(PieceBook):
             record["vae"] = rel(Path(vae))
         if name == "judge":
             recorded = source.get("ceiling") or source["real_test"]
-            measured = real_test_dice(run, self.data, self.plan["test_subsets"])
-            if abs(measured["pooled_dice"] - recorded["pooled_dice"]) > 1e-4 or measured["images"] != recorded["images"]:
-                raise SystemExit(f"[synth_fair] cannot adopt the judge {run}: its real-test Dice is now "
-                                 f"{measured['pooled_dice']:.4f} over {measured['images']} images, recorded "
-                                 f"{recorded['pooled_dice']:.4f} over {recorded['images']} ({piece})")
+            measured = remeasure_judge(run, self.data, self.plan["test_subsets"], recorded, piece, self.tag)
             record.update(model=source["model"], ceiling=recorded, ceiling_recomputed=measured,
                           rule=f"adopted from {rel(piece)}: its real-test pooled Dice is the ceiling")
         return record
@@ -537,6 +533,20 @@ def best_val_dice(run: Path) -> float:
     values = [json.loads(line).get("val_dice") for line in path.read_text().splitlines() if line.strip()]
     values = [v for v in values if v is not None]
     return max(values) if values else float("nan")
+
+
+def remeasure_judge(run: Path, data: str, subsets: list[str], recorded: dict | None, piece: Path, tag: str) -> dict:
+    """The adopted judge's real-test Dice, measured again (``real_test_dice``); refuses when it is not
+    the ``recorded`` one (``pooled_dice`` within 1e-4, and ``images`` where recorded): the folder then
+    holds another run, e.g. one retrained after the original was lost."""
+    measured = real_test_dice(run, data, subsets)
+    recorded = recorded or {}
+    if ("pooled_dice" not in recorded or abs(measured["pooled_dice"] - recorded["pooled_dice"]) > 1e-4
+            or measured["images"] != recorded.get("images", measured["images"])):
+        raise SystemExit(f"[{tag}] cannot adopt the judge {run}: its real-test Dice is now {measured['pooled_dice']:.4f} "
+                         f"over {measured['images']} images, {piece} records {recorded.get('pooled_dice')} over "
+                         f"{recorded.get('images')}; not the same run")
+    return measured
 
 
 def real_test_dice(run: Path, data: str, subsets: list[str]) -> dict:

@@ -371,12 +371,8 @@ class Bench(synth_fair.PieceBook):
                 raise SystemExit(f"[table4_fair] cannot adopt the judge: {run if not run.is_dir() else piece} does not "
                                  "exist (made by bench/synth_generators.py; its runs are git-ignored)")
             source = json.loads(piece.read_text())
-            measured = synth_fair.real_test_dice(run, self.data, self.plan["test_subsets"])
-            recorded = source.get("real_test", {}).get("pooled_dice")
-            if recorded is None or abs(measured["pooled_dice"] - recorded) > 1e-4:
-                # same folder, other weights (e.g. retrained after the original was lost): not the judge recorded
-                raise SystemExit(f"[table4_fair] cannot adopt the judge {run}: its real-test Dice is "
-                                 f"{measured['pooled_dice']:.4f}, {rel(piece)} records {recorded}; not the same run")
+            measured = synth_fair.remeasure_judge(run, self.data, self.plan["test_subsets"], source.get("real_test"),
+                                                  piece, self.tag)
             record = {"adopted": True, "run": rel(run), "source_piece_file": rel(piece),
                       "model": source.get("model"), "real_test": measured, "source_command": source.get("command")}
         else:
