@@ -644,10 +644,57 @@ def score_table(bench: Bench) -> dict[str, Any]:
         if is_law(recipe):
             for seed in plan["controlnet"]["seeds"]:
                 record = bench.done(f"arm_{arm}_seed{seed}")
-                if record:
-                    clamp[f"{arm} seed{seed}"] = record.get("clamp_share") or clamp_share(ROOT / record["run"])
+                share = (record.get("clamp_share") or clamp_share(ROOT / record["run"])) if record else None
+                if share and share["steps"]:  # a lost run folder leaves nothing to report
+                    clamp[f"{arm} seed{seed}"] = share
+    primary = {arm: seeds for (arm, c, g), seeds in grouped.items() if c == stats["primary_cfg"] and g == primary_guidance}
     return {"ceiling": judge["ceiling"] if judge else None, "judge": judge, "table": table, "comparisons": comparisons,
-            "margin": margin, "clamp_share": clamp}
+            "margin": margin, "clamp_share": clamp,
+            "regime": regime(primary, [tuple(pair) for pair in stats["decisive"]]) if primary else None}
+
+
+def regime(arms: dict[str, dict[int, dict[str, list[dict]]]], pairs: list[tuple[str, str]]) -> dict:
+    """Can the objectives differ at all here? Pearson r of per-mask Dice (secondary diagnostics):
+
+    - ``sample_seed_r``: two sample seeds of one ControlNet (mean over arms and training seeds);
+    - ``training_seed_r``: two training seeds of one arm (sample seeds averaged first);
+    - ``arm_r``: two arms at the same training seed (per decisive pair, mean over seeds);
+    - ``training_seed_sd``: sample std of an arm's per-seed mean Dice (mean over arms).
+    An ``arm_r`` far above ``training_seed_r`` means the arms make the same images: the objectives
+    barely touched what was learnt (the compact test: 0.96 against a sample-seed r of 0.27).
+    ``arms``: arm -> training seed -> "subset/stem" -> rows over sample seeds."""
+    import itertools
+
+    import numpy as np
+
+    def r(x: list[float], y: list[float]) -> float | None:
+        return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and np.std(x) > 0 and np.std(y) > 0 else None
+
+    def mean(values: list[float | None]) -> float | None:
+        kept = [v for v in values if v is not None]
+        return float(np.mean(kept)) if kept else None
+
+    def per_mask(seeds: dict[str, list[dict]], stems: list[str]) -> list[float]:
+        return [float(np.mean([row["dice"] for row in seeds[stem]])) for stem in stems]
+
+    stems = sorted(set.intersection(*(set(per_stem) for seeds in arms.values() for per_stem in seeds.values())))
+    sample_r, training_r, spread = [], [], []
+    for seeds in arms.values():
+        for per_stem in seeds.values():
+            if all(len(per_stem[s]) >= 2 for s in stems):
+                sample_r.append(r([per_stem[s][0]["dice"] for s in stems], [per_stem[s][1]["dice"] for s in stems]))
+        vectors = {seed: per_mask(per_stem, stems) for seed, per_stem in seeds.items()}
+        training_r += [r(vectors[a], vectors[b]) for a, b in itertools.combinations(sorted(vectors), 2)]
+        if len(vectors) > 1:
+            spread.append(float(np.std([np.mean(v) for v in vectors.values()], ddof=1)))
+    arm_r = {}
+    for arm, other in pairs:
+        if arm in arms and other in arms:
+            shared = sorted(set(arms[arm]) & set(arms[other]))
+            arm_r[f"{arm} vs {other}"] = mean([r(per_mask(arms[arm][s], stems), per_mask(arms[other][s], stems))
+                                               for s in shared])
+    return {"masks": len(stems), "sample_seed_r": mean(sample_r), "training_seed_r": mean(training_r),
+            "arm_r": arm_r, "training_seed_sd": mean(spread)}
 
 
 def decision_margin(plan: dict, ceiling: float | None, table: list[dict]) -> dict:
@@ -680,12 +727,17 @@ def analyse(bench: Bench, command: str) -> dict:
     runs = {f"{arm} seed{seed}": bench.run_path("arms", arm, f"seed{seed}")
             for arm in bench.plan["arms"] for seed in bench.plan["controlnet"]["seeds"][:1]}
     probe = plot_probe({k: v for k, v in runs.items() if v.is_dir()}, bench.out / "probe.png")
+    if probe is None and (bench.out / "probe.png").is_file():  # drawn before the run folders were lost
+        probe = bench.out / "probe.png"
     results["probe_figure"] = probe.name if probe else None
-    law_run = bench.run_path("arms", "law", "seed0")
+    law_run, law = bench.run_path("arms", "law", "seed0"), None
     if (law_run / "model" / "last").is_dir():
         from laworder.experiments.law_analysis import write_law_analysis
 
         law = write_law_analysis(law_run, bench.out, data=bench.data)
+    elif (bench.out / "law_analysis.json").is_file():  # the run folder is gone (git-ignored): keep what it gave
+        law = json.loads((bench.out / "law_analysis.json").read_text())
+    if law:
         results["law_analysis"] = {k: law[k] for k in ("delta", "delta_other_image", "delta_zero_eps")}
         results["law_analysis"]["contrast"] = {"final": law["contrast"]["final"], "references": law["contrast"]["references"]}
     (bench.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -729,6 +781,15 @@ def markdown(results: dict) -> str:
         for name, row in results["clamp_share"].items():
             steps = "-" if not row.get("steps") else f"{row['steps'][0]}-{row['steps'][1]}"
             lines.append(f"| {name} | {steps} | {share(row['w_at_max_lesion'])} | {share(row['w_clamped_fraction'])} |")
+    if results.get("regime"):
+        reg = results["regime"]
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
+        lines += ["", f"Can the objectives differ here? (primary CFG and mask guidance, {reg['masks']} masks; Pearson r of "
+                  f"per-mask Dice) two sample seeds of one ControlNet {fmt(reg['sample_seed_r'])}; two training seeds of "
+                  f"one arm {fmt(reg['training_seed_r'])}; two arms at one training seed: "
+                  + ", ".join(f"{k} {fmt(v)}" for k, v in reg["arm_r"].items())
+                  + f". Training-seed std of an arm's mean Dice: {reg['training_seed_sd'] or float('nan'):.4f}."]
     if results.get("law_analysis"):
         law = results["law_analysis"]
         lines += ["", f"What LAW learned (seed 0): mean δ lesion / boundary / background = "

@@ -124,6 +124,27 @@ def test_the_analysis_reports_cis_and_applies_the_decision_rule(fair, tmp_path):
     assert "| law − uniform | 10 |" in text and "wins" in text
 
 
+def test_the_regime_diagnostic_tells_shared_mask_difficulty_from_sampling_noise(fair):
+    """Arms that make the same per-mask Dice (mask difficulty shared, independent sampling noise)
+    correlate far above two sample seeds of one ControlNet; the training-seed std is the spread
+    of per-seed means."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0.1, 0.9, 60)
+
+    def seeds(offsets: list[float], shared: float) -> dict:
+        return {seed: {f"s/m{i}": [{"dice": shared * difficulty[i] + offset + rng.normal(0, 0.1)} for _ in range(2)]
+                       for i in range(60)} for seed, offset in enumerate(offsets)}
+
+    same = fair.regime({"law": seeds([0.0, 0.02], 1.0), "uniform": seeds([0.0, 0.02], 1.0)}, [("law", "uniform")])
+    assert same["masks"] == 60 and same["arm_r"]["law vs uniform"] > 0.9
+    assert same["sample_seed_r"] > 0.8 and same["training_seed_r"] > 0.9
+    assert same["training_seed_sd"] == pytest.approx(0.014, abs=0.01)
+    noise = fair.regime({"law": seeds([0.0, 0.0], 0.0), "uniform": seeds([0.0, 0.0], 0.0)}, [("law", "uniform")])
+    assert abs(noise["sample_seed_r"]) < 0.35 and abs(noise["arm_r"]["law vs uniform"]) < 0.35
+    assert "Can the objectives differ here?" in fair.markdown({"command": "c", "decision_rule": "r", "table": [],
+                                                               "comparisons": [], "pieces_done": [], "regime": same})
+
+
 def test_the_tiny_protocol_runs_end_to_end_and_resumes(fair, tmp_path):
     plan = fair.tiny_plan(arms=["uniform", "law"])
     plan["sampling"]["cfg"] = [10.0]
