@@ -679,21 +679,20 @@ def regime(arms: dict[str, dict[int, dict[str, list[dict]]]], pairs: list[tuple[
         return [float(np.mean([row["dice"] for row in seeds[stem]])) for stem in stems]
 
     stems = sorted(set.intersection(*(set(per_stem) for seeds in arms.values() for per_stem in seeds.values())))
+    # arm -> training seed -> per-mask Dice, sample seeds averaged
+    vectors = {arm: {seed: per_mask(per_stem, stems) for seed, per_stem in seeds.items()} for arm, seeds in arms.items()}
     sample_r, training_r, spread = [], [], []
-    for seeds in arms.values():
+    for arm, seeds in arms.items():
         for per_stem in seeds.values():
             if all(len(per_stem[s]) >= 2 for s in stems):
                 sample_r.append(r([per_stem[s][0]["dice"] for s in stems], [per_stem[s][1]["dice"] for s in stems]))
-        vectors = {seed: per_mask(per_stem, stems) for seed, per_stem in seeds.items()}
-        training_r += [r(vectors[a], vectors[b]) for a, b in itertools.combinations(sorted(vectors), 2)]
-        if len(vectors) > 1:
-            spread.append(float(np.std([np.mean(v) for v in vectors.values()], ddof=1)))
-    arm_r = {}
-    for arm, other in pairs:
-        if arm in arms and other in arms:
-            shared = sorted(set(arms[arm]) & set(arms[other]))
-            arm_r[f"{arm} vs {other}"] = mean([r(per_mask(arms[arm][s], stems), per_mask(arms[other][s], stems))
-                                               for s in shared])
+        own = vectors[arm]
+        training_r += [r(own[a], own[b]) for a, b in itertools.combinations(sorted(own), 2)]
+        if len(own) > 1:
+            spread.append(float(np.std([np.mean(v) for v in own.values()], ddof=1)))
+    arm_r = {f"{arm} vs {other}": mean([r(vectors[arm][s], vectors[other][s])
+                                        for s in sorted(set(vectors[arm]) & set(vectors[other]))])
+             for arm, other in pairs if arm in vectors and other in vectors}
     return {"masks": len(stems), "sample_seed_r": mean(sample_r), "training_seed_r": mean(training_r),
             "arm_r": arm_r, "training_seed_sd": mean(spread)}
 
