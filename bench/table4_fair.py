@@ -597,13 +597,27 @@ def comparisons(plan: dict) -> list[tuple[str, str]]:
     return [pair for pair in pairs if set(pair) <= names]
 
 
+POST_HOC = ("post hoc (added after the runs): steps not matched, the comparison a design that fixes epochs "
+            "would make")
+
+
+def post_hoc_comparisons(plan: dict) -> list[tuple[str, str]]:
+    """Each generator's rows against real only at its own epochs (fewer steps), added after the runs when
+    the step control showed the segmenter is step-limited: what an epoch-count design would credit to the
+    synthetic pairs. Reported beside the plan's comparisons, never part of a decision."""
+    names = {row["name"] for row in rows(plan)}
+    pairs = [(f"{generator}_{dose_key(d)}", "real_epochs") for d in plan["doses"] for generator in ("law", "uniform")]
+    return [pair for pair in pairs if set(pair) <= names]
+
+
 def compare(plan: dict, arrays: dict[str, dict]) -> list[dict]:
     """Hierarchical-bootstrap CIs of every comparison with both arms present; decisions for the decisive ones."""
     from laworder.metrics.bootstrap import decide, hierarchical_bootstrap_difference
 
     stats, decisive = plan["stats"], [tuple(pair) for pair in plan["stats"]["decisive"]]
     out = []
-    for arm, other in comparisons(plan):
+    post_hoc = post_hoc_comparisons(plan)
+    for arm, other in comparisons(plan) + post_hoc:
         a, b = arrays.get(arm), arrays.get(other)
         if a is None or b is None:
             out.append({"arm": arm, "comparator": other, "ci": None, "decisive": (arm, other) in decisive,
@@ -620,7 +634,7 @@ def compare(plan: dict, arrays: dict[str, dict]) -> list[dict]:
             else:
                 entry["verdict"] = f"pending (needs {stats['min_seeds']} seeds per arm, has {ci.seeds[0]} vs {ci.seeds[1]})"
         else:
-            entry["verdict"] = "secondary"
+            entry["verdict"] = POST_HOC if (arm, other) in post_hoc else "secondary"
         out.append(entry)
     return out
 

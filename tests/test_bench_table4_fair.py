@@ -116,7 +116,11 @@ def test_decisions_from_synthetic_scores(t4, law, verdicts):
     decisive = [c for c in result if c["decisive"]]
     assert [(c["arm"], c["comparator"]) for c in decisive] == [("law_1x", "real_1x"), ("law_1x", "uniform_1x")]
     assert [c["verdict"] for c in decisive] == verdicts
-    assert all(c["verdict"] == "secondary" for c in result if not c["decisive"])
+    post_hoc = [(c["arm"], c["comparator"]) for c in result if c["verdict"] == t4.POST_HOC]
+    assert post_hoc == t4.post_hoc_comparisons(plan) and ("law_1x", "real_epochs") in post_hoc
+    assert all(c["verdict"] == "secondary" for c in result
+               if not c["decisive"] and (c["arm"], c["comparator"]) not in post_hoc)
+    assert all(not c["decisive"] for c in result if (c["arm"], c["comparator"]) in post_hoc)
     row = next(r for r in table if r["name"] == "law_1x")
     assert row["paper"].startswith("74.1") and row["dice"]["mean"] == pytest.approx(np.mean(
         [r["mean"]["dice"] for r in records if r["row"] == "law_1x"]))
