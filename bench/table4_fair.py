@@ -606,7 +606,8 @@ def post_hoc_comparisons(plan: dict) -> list[tuple[str, str]]:
     the step control showed the segmenter is step-limited: what an epoch-count design would credit to the
     synthetic pairs. Reported beside the plan's comparisons, never part of a decision."""
     names = {row["name"] for row in rows(plan)}
-    pairs = [(f"{generator}_{dose_key(d)}", "real_epochs") for d in plan["doses"] for generator in ("law", "uniform")]
+    pairs = [(f"{generator}_{dose_key(d)}", "real_epochs") for d in plan["doses"]
+             for generator in sorted(plan["generators"])]
     return [pair for pair in pairs if set(pair) <= names]
 
 
